@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+/// \file Benchmarks of ScalarPhi4Action (action + force) against a raw-loop baseline, with the
+/// machine's memory bandwidth measured once at start-up by a STREAM triad for reference.
+///
+/// Maths timed (reference 2.1, rank d, w0 = kappa, w2 = m_sq/2 + d kappa, w4 = lambd):
+///   S[phi]        = sum_x [ w2 phi^2 + w4 phi^4 - w0 phi(x) sum_mu phi(x - mu^) ]   (per sample)
+///   force(phi)(x) = w0 sum_mu [phi(x + mu^) + phi(x - mu^)] - phi (2 w2 + 4 w4 phi^2)
+///
+/// Byte model (what the kernels must move at least; the same convention as STREAM, so
+/// frac_of_stream compares like with like: logical reads plus logical writes, no write-allocate
+/// traffic). With V = volume, B = padded batch, F = V B sizeof(T) (one field):
+///   action: reads the field once (F) and the neighbour table once (N = V 2d sizeof(index_t):
+///           the table interleaves fwd and bwd entries, so whole lines are fetched although only
+///           bwd is used), writes batch sizeof(T);
+///   force:  reads the field once and the table once, writes the force once: 2F + N.
+/// Neighbour reads phi(x +- mu^) re-read lines of the same field that are still in cache (the
+/// working set of one SIMD chunk is V x 64 bytes, which fits L2 up to 64 x 64 sites), so they add
+/// no bytes; likewise the table is re-read from cache by every chunk after its first read.
+/// On small shapes the whole problem is cache-resident and frac_of_stream exceeds 1.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <unistd.h>
+
+#include <benchmark/benchmark.h>
+
+#include <normflow/action/scalar_phi4_action.hpp>
+#include <normflow/exec/exec.hpp>
+#include <normflow/field/field.hpp>
+#include <normflow/prior/normal_prior.hpp>
+#include <normflow/simd/pack.hpp>
+
+namespace {
+
+using normflow::index_t;
+using Default = normflow::exec::Default;
+using Serial = normflow::exec::Serial;
+using L8x8 = normflow::Lattice<8, 8>;
+using L16x16 = normflow::Lattice<16, 16>;
+using L64x64 = normflow::Lattice<64, 64>;
+
+// The couplings of reference 2.1's broken-phase example.
+constexpr normflow::ScalarPhi4Action kAction{.kappa = 0.67, .m_sq = -2.68, .lambd = 0.5};
+constexpr std::uint64_t kSeed = 2024;
+
+// ------------------------------------------------------------------------------------------------
+// STREAM triad: a[i] = b[i] + s c[i], measured once in main before any benchmark runs.
+// Bytes per element: 3 x 8 (read b, read c, write a), STREAM's convention (no write-allocate).
+// ------------------------------------------------------------------------------------------------
+
+struct StreamBandwidth {
+  double all_threads_gbs = 0;  ///< best triad bandwidth with exec::max_threads() threads
+  double one_thread_gbs = 0;   ///< best triad bandwidth with one thread
+  int threads = 1;
+  std::size_t array_bytes = 0;  ///< bytes of each of the three arrays
+};
+StreamBandwidth g_stream;
+
+struct FreeDeleter {
+  void operator()(double* p) const noexcept { std::free(p); }
+};
+using DoubleBuffer = std::unique_ptr<double[], FreeDeleter>;
+
+DoubleBuffer allocate_doubles(std::size_t n) {
+  const std::size_t bytes = (n * sizeof(double) + 63) / 64 * 64;
+  auto* p = static_cast<double*>(std::aligned_alloc(64, bytes));
+  if (p == nullptr) throw std::bad_alloc();
+  return DoubleBuffer(p);
+}
+
+/// Last-level cache size in bytes (0 when the C library does not say).
+std::size_t last_level_cache_bytes() {
+  long llc = 0;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  return llc > 0 ? std::size_t(llc) : 0;
+}
+
+/// Best (of `reps`, after one warm-up) triad bandwidth in GB/s with `threads` threads.
+double triad_gbs(double* a, const double* b, const double* c, std::ptrdiff_t n, int threads, int reps) {
+  constexpr double s = 3.0;
+  double best = std::numeric_limits<double>::infinity();
+  for (int r = 0; r <= reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (std::ptrdiff_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
+    const auto t1 = std::chrono::steady_clock::now();
+    if (r > 0) best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
+  }
+  (void)threads;
+  return 3.0 * sizeof(double) * double(n) / best * 1e-9;
+}
+
+/// Measures g_stream. Total size: NORMFLOW_STREAM_MIB (MiB over the three arrays) if set, else
+/// max(512 MiB, 4 x last-level cache) (STREAM's rule: each array well beyond every cache).
+void measure_stream() {
+  std::size_t total = std::max<std::size_t>(std::size_t(512) << 20, 4 * last_level_cache_bytes());
+  if (const char* env = std::getenv("NORMFLOW_STREAM_MIB")) total = std::size_t(std::atoll(env)) << 20;
+  g_stream.threads = normflow::exec::max_threads();
+  if (total == 0) return;  // NORMFLOW_STREAM_MIB=0: skip (the stream counters read 0)
+  const std::ptrdiff_t n = std::ptrdiff_t(total / 3 / sizeof(double));
+  g_stream.array_bytes = std::size_t(n) * sizeof(double);
+  DoubleBuffer a = allocate_doubles(std::size_t(n)), b = allocate_doubles(std::size_t(n)),
+               c = allocate_doubles(std::size_t(n));
+  // First touch with the same static schedule as the timed loop (page placement).
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    a[i] = 0.0;
+    b[i] = 1.0;
+    c[i] = 2.0;
+  }
+  constexpr int reps = 5;
+  g_stream.all_threads_gbs = triad_gbs(a.get(), b.get(), c.get(), n, g_stream.threads, reps);
+  g_stream.one_thread_gbs = triad_gbs(a.get(), b.get(), c.get(), n, 1, reps);
+  // Every a[i] must be 1 + 3 x 2 (a cheap check that the loop ran).
+  if (a[0] != 7.0 || a[n - 1] != 7.0) std::fprintf(stderr, "stream triad: wrong result\n");
+}
+
+/// GB/s, stream_GB/s and frac_of_stream for a run moving `bytes_per_iter` bytes per iteration.
+void add_bandwidth_counters(benchmark::State& state, double bytes_per_iter, double stream_gbs) {
+  state.SetBytesProcessed(std::int64_t(double(state.iterations()) * bytes_per_iter));
+  state.counters["GB/s"] = benchmark::Counter(bytes_per_iter * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["stream_GB/s"] = benchmark::Counter(stream_gbs);
+  if (stream_gbs > 0)
+    state.counters["frac_of_stream"] =
+        benchmark::Counter(bytes_per_iter * 1e-9 / stream_gbs, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Library: ScalarPhi4Action::action and ::force with preallocated outputs.
+// ------------------------------------------------------------------------------------------------
+
+enum class Kernels { action = 1, force = 2, both = 3 };
+
+template <class Lat, class T, class Exec>
+void run_library(benchmark::State& state, Kernels which) {
+  const index_t batch = index_t(state.range(0));
+  normflow::NormalPrior<Lat, T> prior(0, 1, kSeed);
+  const normflow::ScalarField<Lat, T> phi = prior.sample(batch);
+  normflow::ScalarField<Lat, T> f(batch);
+  std::vector<T> out(std::size_t(batch));
+  const Exec exec{};
+  const bool do_action = (int(which) & 1) != 0, do_force = (int(which) & 2) != 0;
+
+  for (auto _ : state) {
+    if (do_action) kAction.action(phi, std::span<T>(out), exec);
+    if (do_force) kAction.force(phi, f, exec);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(f.data());
+    benchmark::ClobberMemory();
+  }
+
+  // Byte model of the file comment.
+  const double field = double(Lat::volume) * double(phi.padded_batch()) * sizeof(T);
+  const double table = double(Lat::volume) * 2.0 * Lat::rank * sizeof(index_t);
+  const double bytes = (do_action ? field + table + double(batch) * sizeof(T) : 0.0) +  //
+                       (do_force ? 2.0 * field + table : 0.0);
+  state.SetItemsProcessed(state.iterations() * std::int64_t(batch) * Lat::volume);
+  const bool serial = std::is_same_v<Exec, Serial> || g_stream.threads == 1;
+  add_bandwidth_counters(state, bytes, serial ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
+}
+
+/// action + force, the timed unit of an HMC-like step.
+template <class Lat, class T, class Exec>
+void BM_ActionForce(benchmark::State& state) {
+  run_library<Lat, T, Exec>(state, Kernels::both);
+}
+/// action alone (per-sample sum over sites, parallel over SIMD chunks of the batch only).
+template <class Lat, class T, class Exec>
+void BM_Action(benchmark::State& state) {
+  run_library<Lat, T, Exec>(state, Kernels::action);
+}
+/// force alone (parallel over sites x SIMD chunks).
+template <class Lat, class T, class Exec>
+void BM_Force(benchmark::State& state) {
+  run_library<Lat, T, Exec>(state, Kernels::force);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Raw baseline: the same action and force as plain scalar loops over a lexicographic,
+// batch-innermost array phi[(x L1 + y) B + b], neighbours by index arithmetic (no table), left to
+// the compiler's auto-vectorizer. Same expression trees as the library kernels, so the force
+// agrees bit for bit; the action sums sites in lexicographic rather than even/odd order.
+// Bytes: action F + batch sizeof(T) (the per-sample accumulators stay in L1), force 2F.
+// ------------------------------------------------------------------------------------------------
+
+template <class T>
+struct RawWeights {
+  T w0, w2, w4, two_w2, four_w4;
+};
+
+/// Action into out[lo, hi) and force into f for samples [lo, hi), on an L0 x L1 lattice.
+template <index_t L0, index_t L1, class T>
+void raw_action_force(const T* __restrict__ phi, T* __restrict__ f, T* __restrict__ out, std::ptrdiff_t B,
+                      std::ptrdiff_t lo, std::ptrdiff_t hi, const RawWeights<T> w) {
+  const auto at = [B](index_t x, index_t y) { return (std::ptrdiff_t(x) * L1 + y) * B; };
+  for (std::ptrdiff_t b = lo; b < hi; ++b) out[b] = T(0);
+  for (index_t x = 0; x < L0; ++x) {
+    const index_t xm = x == 0 ? L0 - 1 : x - 1;
+    for (index_t y = 0; y < L1; ++y) {
+      const index_t ym = y == 0 ? L1 - 1 : y - 1;
+      const T* p = phi + at(x, y);
+      const T* px = phi + at(xm, y);
+      const T* py = phi + at(x, ym);
+      for (std::ptrdiff_t b = lo; b < hi; ++b) {
+        const T v = p[b], v2 = v * v;
+        out[b] += v2 * (w.w2 + w.w4 * v2) - w.w0 * v * (px[b] + py[b]);
+      }
+    }
+  }
+  for (index_t x = 0; x < L0; ++x) {
+    const index_t xp = x == L0 - 1 ? 0 : x + 1, xm = x == 0 ? L0 - 1 : x - 1;
+    for (index_t y = 0; y < L1; ++y) {
+      const index_t yp = y == L1 - 1 ? 0 : y + 1, ym = y == 0 ? L1 - 1 : y - 1;
+      const T *p = phi + at(x, y), *pxp = phi + at(xp, y), *pxm = phi + at(xm, y), *pyp = phi + at(x, yp),
+              *pym = phi + at(x, ym);
+      T* o = f + at(x, y);
+      for (std::ptrdiff_t b = lo; b < hi; ++b) {
+        const T v = p[b];
+        const T hop = (pxp[b] + pxm[b]) + (pyp[b] + pym[b]);
+        o[b] = w.w0 * hop - v * (w.two_w2 + w.four_w4 * v * v);
+      }
+    }
+  }
+}
+
+/// raw_action_force over the whole batch with `threads` threads, each owning a contiguous range
+/// of 64-byte sample chunks (one fork/join per call).
+template <index_t L0, index_t L1, class T>
+void raw_run(const T* phi, T* f, T* out, std::ptrdiff_t B, int threads, const RawWeights<T>& w) {
+  constexpr std::ptrdiff_t chunk = normflow::lane_padding<T>;
+  const std::ptrdiff_t chunks = B / chunk;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+  {
+    const std::ptrdiff_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::ptrdiff_t lo = chunks * t / nt * chunk, hi = chunks * (t + 1) / nt * chunk;
+    if (lo < hi) raw_action_force<L0, L1, T>(phi, f, out, B, lo, hi, w);
+  }
+#else
+  (void)threads;
+  (void)chunks;
+  raw_action_force<L0, L1, T>(phi, f, out, B, 0, B, w);
+#endif
+}
+
+/// Raw baseline of BM_ActionForce; range(0) = batch, range(1) = threads (0: all).
+template <class Lat, class T>
+void BM_RawActionForce(benchmark::State& state) {
+  static_assert(Lat::rank == 2, "the raw baseline is written for rank-2 lattices");
+  constexpr index_t L0 = Lat::extents[0], L1 = Lat::extents[1];
+  const index_t batch = index_t(state.range(0));
+  const int threads = state.range(1) > 0 ? int(state.range(1)) : normflow::exec::max_threads();
+  const std::ptrdiff_t B = normflow::padded_batch_size<T>(batch);
+
+  // The library's sample, copied to lexicographic order.
+  normflow::NormalPrior<Lat, T> prior(0, 1, kSeed);
+  const normflow::ScalarField<Lat, T> phi_lib = prior.sample(batch);
+  normflow::detail::AlignedAllocator<T, 64> alloc;
+  std::vector<T, normflow::detail::AlignedAllocator<T, 64>> phi(std::size_t(Lat::volume * B), T(0), alloc),
+      f(phi.size(), T(0), alloc), out(std::size_t(B), T(0), alloc);
+  for (index_t site = 0; site < Lat::volume; ++site)
+    for (index_t b = 0; b < batch; ++b) phi[std::size_t(site * B + b)] = phi_lib.at_site(site, 0, b);
+  const auto wl = kAction.weights<T>(Lat::rank);
+  const RawWeights<T> w{wl.w0, wl.w2, wl.w4, T(2) * wl.w2, T(4) * wl.w4};
+
+  // Cross-check against the library once (outside the timed loop).
+  raw_run<L0, L1, T>(phi.data(), f.data(), out.data(), B, threads, w);
+  {
+    const auto f_lib = kAction.force(phi_lib);
+    const auto s_lib = kAction.action(phi_lib);
+    constexpr double eps = std::numeric_limits<T>::epsilon();
+    double worst_f = 0, worst_s = 0;
+    for (index_t site = 0; site < Lat::volume; ++site)
+      for (index_t b = 0; b < batch; ++b) {
+        const double ref = f_lib.at_site(site, 0, b), d = std::abs(double(f[std::size_t(site * B + b)]) - ref);
+        worst_f = std::max(worst_f, d / (16 * eps * (1 + std::abs(ref))));
+      }
+    // Different summation order over V sites: allow sqrt(V) x 16 eps relative to the sum of |terms|
+    // (bounded by V x 8 for these unit-normal fields).
+    for (index_t b = 0; b < batch; ++b) {
+      const double ref = s_lib[std::size_t(b)], d = std::abs(double(out[std::size_t(b)]) - ref);
+      worst_s = std::max(worst_s, d / (16 * eps * std::sqrt(double(Lat::volume)) * 8 * Lat::volume));
+    }
+    if (worst_f > 1 || worst_s > 1) {
+      state.SkipWithError(("raw baseline disagrees with the library (force " + std::to_string(worst_f) +
+                           ", action " + std::to_string(worst_s) + " x tolerance)")
+                              .c_str());
+      return;
+    }
+  }
+
+  for (auto _ : state) {
+    raw_run<L0, L1, T>(phi.data(), f.data(), out.data(), B, threads, w);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(f.data());
+    benchmark::ClobberMemory();
+  }
+
+  const double field = double(Lat::volume) * double(B) * sizeof(T);
+  const double bytes = field + double(batch) * sizeof(T) + 2.0 * field;
+  state.SetItemsProcessed(state.iterations() * std::int64_t(batch) * Lat::volume);
+  add_bandwidth_counters(state, bytes, threads == 1 ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Registration: 3 shapes x {float, double} x batch {128, 1024} with exec::Default; Serial and the
+// raw baseline (1 thread and all threads) on 64 x 64; action and force apart on 64 x 64.
+// Real time throughout (CPU time of the main thread undercounts OpenMP work).
+// ------------------------------------------------------------------------------------------------
+
+void batches(benchmark::internal::Benchmark* b) {
+  b->ArgName("batch")->Arg(128)->Arg(1024)->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+void raw_batches(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "threads"})->ArgsProduct({{128, 1024}, {1, 0}})->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK_TEMPLATE(BM_ActionForce, L8x8, float, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L8x8, double, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L16x16, float, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L16x16, double, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L64x64, float, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L64x64, double, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L64x64, float, Serial)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_ActionForce, L64x64, double, Serial)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_RawActionForce, L64x64, float)->Apply(raw_batches);
+BENCHMARK_TEMPLATE(BM_RawActionForce, L64x64, double)->Apply(raw_batches);
+BENCHMARK_TEMPLATE(BM_Action, L64x64, float, Default)->Apply(batches);
+BENCHMARK_TEMPLATE(BM_Force, L64x64, float, Default)->Apply(batches);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  bool list_only = false;
+  for (int i = 1; i < argc; ++i) list_only |= std::strncmp(argv[i], "--benchmark_list_tests", 22) == 0;
+  if (!list_only) {
+    measure_stream();
+    std::fprintf(stderr,
+                 "STREAM triad (3 x %.0f MiB, best of 5): %.2f GB/s with %d threads, %.2f GB/s with 1 thread\n",
+                 double(g_stream.array_bytes) / (1 << 20), g_stream.all_threads_gbs, g_stream.threads,
+                 g_stream.one_thread_gbs);
+  }
+
+  char buf[64];
+  benchmark::AddCustomContext("normflow_simd_arch", normflow::simd::arch_name());
+  benchmark::AddCustomContext("normflow_threads", std::to_string(normflow::exec::max_threads()));
+  std::snprintf(buf, sizeof buf, "%.2f", g_stream.all_threads_gbs);
+  benchmark::AddCustomContext("stream_triad_GB/s_all_threads", buf);
+  std::snprintf(buf, sizeof buf, "%.2f", g_stream.one_thread_gbs);
+  benchmark::AddCustomContext("stream_triad_GB/s_1_thread", buf);
+  benchmark::AddCustomContext("stream_array_MiB", std::to_string(g_stream.array_bytes >> 20));
+
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

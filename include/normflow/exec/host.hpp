@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+#pragma once
+/// \file Host execution policies: exec::Serial and exec::OpenMP.
+///
+/// Three primitives, the same on every backend:
+///   parallel_for(exec, n, f)                       f(i) for i in [0, n)
+///   parallel_reduce(exec, n, f, result)            result = sum of f(i), bitwise reproducible
+///   parallel_for_lanes<T>(exec, n_outer, padded_batch, k)
+///       k.template apply<V>(o, b) for o in [0, n_outer) and b in [0, padded_batch) in steps of
+///       pack_size<V>: V is a host SIMD pack of T on host backends, T itself under Kokkos.
+/// Reproducibility: parallel_reduce sums fixed blocks of reduce_block_size indices in index order
+/// and then the block sums in block order, so the result does not depend on the thread count or
+/// the backend. Kernels are functors over trivially copyable views: no exceptions, virtual
+/// functions, std containers or allocation inside.
+
+#include <algorithm>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include <normflow/config.hpp>
+#include <normflow/lattice/lattice.hpp>
+#include <normflow/simd/pack.hpp>
+
+namespace normflow::exec {
+
+/// One host thread, in index order.
+struct Serial {};
+/// Host threads from OpenMP (static schedule); Serial when compiled without OpenMP.
+struct OpenMP {};
+
+#if defined(_OPENMP)
+using HostDefault = OpenMP;  ///< host threads come from OpenMP, never from Kokkos
+#else
+using HostDefault = Serial;
+#endif
+
+/// Indices summed in order inside one block of parallel_reduce (a fixed constant, independent
+/// of the thread count, so that results reproduce bit for bit).
+inline constexpr offset_t reduce_block_size = 1024;
+
+/// Number of threads OpenMP will use (1 without OpenMP).
+inline int max_threads() noexcept {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Sets the number of OpenMP threads for later parallel regions (no-op without OpenMP).
+inline void set_num_threads(int n) noexcept {
+#if defined(_OPENMP)
+  omp_set_num_threads(std::max(1, n));
+#else
+  (void)n;
+#endif
+}
+
+template <class F>
+void parallel_for(Serial, offset_t n, const F& f) {
+  for (offset_t i = 0; i < n; ++i) f(i);
+}
+
+template <class F>
+void parallel_for(OpenMP, offset_t n, const F& f) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (offset_t i = 0; i < n; ++i) f(i);
+}
+
+namespace detail {
+template <class T, class F>
+T reduce_block(offset_t block, offset_t n, const F& f) {
+  const offset_t lo = block * reduce_block_size, hi = std::min(n, lo + reduce_block_size);
+  T acc = T(0);
+  for (offset_t i = lo; i < hi; ++i) acc += f(i);
+  return acc;
+}
+}  // namespace detail
+
+/// result = sum_{i < n} f(i) in the fixed blocked order (see the file comment).
+template <class Exec, class F, class T>
+  requires std::is_same_v<Exec, Serial> || std::is_same_v<Exec, OpenMP>
+void parallel_reduce(Exec exec, offset_t n, const F& f, T& result) {
+  const offset_t blocks = (n + reduce_block_size - 1) / reduce_block_size;
+  std::vector<T> partial(std::size_t(std::max<offset_t>(blocks, 1)), T(0));
+  T* p = partial.data();
+  parallel_for(exec, blocks, [=](offset_t k) { p[k] = detail::reduce_block<T>(k, n, f); });
+  T acc = T(0);
+  for (offset_t k = 0; k < blocks; ++k) acc += partial[std::size_t(k)];
+  result = acc;
+}
+
+/// k.template apply<V>(o, b) over o < n_outer and the padded batch in SIMD packs (see above).
+template <class T, class K>
+void parallel_for_lanes(Serial, index_t n_outer, index_t padded_batch, const K& k) {
+  using V = simd::native_pack<T>;
+  constexpr index_t W = simd::pack_size<V>;
+  for (index_t o = 0; o < n_outer; ++o)
+    for (index_t b = 0; b < padded_batch; b += W) k.template apply<V>(o, b);
+}
+
+template <class T, class K>
+void parallel_for_lanes(OpenMP, index_t n_outer, index_t padded_batch, const K& k) {
+  using V = simd::native_pack<T>;
+  constexpr index_t W = simd::pack_size<V>;
+  const offset_t chunks = padded_batch / W, n = offset_t(n_outer) * chunks;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (offset_t i = 0; i < n; ++i) k.template apply<V>(index_t(i / chunks), index_t(i % chunks) * W);
+}
+
+}  // namespace normflow::exec

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+#pragma once
+/// \file Umbrella header: everything but the Kokkos backend (<normflow/kokkos.hpp>).
+
+#include <normflow/config.hpp>
+#include <normflow/version.hpp>
+#include <normflow/errors.hpp>
+#include <normflow/lattice/lattice.hpp>
+#include <normflow/lattice/site_order.hpp>
+#include <normflow/lattice/neighbor_table.hpp>
+#include <normflow/field/field.hpp>
+#include <normflow/simd/pack.hpp>
+#include <normflow/exec/exec.hpp>
+#include <normflow/random/philox.hpp>
+#include <normflow/prior/normal_prior.hpp>
+#include <normflow/prior/uniform_prior.hpp>
+#include <normflow/action/scalar_phi4_action.hpp>
+#include <normflow/diagnostics/metrics.hpp>

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+#pragma once
+/// \file SIMD packs: the only includer of xsimd. A kernel is written once over `V`, which is either
+/// a plain scalar (Kokkos, device and scalar paths) or an xsimd::batch (host paths); every
+/// operation here is lane-wise, so both give the same bits for +, -, *, / (the project builds with
+/// -ffp-contract=off: no implicit FMA contraction that would differ between the two).
+
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include <normflow/config.hpp>
+#include <normflow/lattice/lattice.hpp>
+
+namespace normflow::simd {
+
+/// The host's widest SIMD pack of T for the compile flags (SSE2 without -march).
+template <class T>
+using native_pack = xsimd::batch<T>;
+
+template <class V>
+struct pack_traits {
+  using value_type = V;
+  static constexpr index_t size = 1;
+};
+template <class T, class A>
+struct pack_traits<xsimd::batch<T, A>> {
+  using value_type = T;
+  static constexpr index_t size = index_t(xsimd::batch<T, A>::size);
+};
+
+/// Lanes in V (1 for a scalar).
+template <class V>
+inline constexpr index_t pack_size = pack_traits<V>::size;
+/// The scalar type of V.
+template <class V>
+using scalar_t = typename pack_traits<V>::value_type;
+
+/// Loads pack_size<V> consecutive values from an aligned address.
+template <class V>
+NORMFLOW_ALWAYS_INLINE V load(const scalar_t<V>* p) noexcept {
+  if constexpr (pack_size<V> == 1 && std::is_arithmetic_v<V>)
+    return *p;
+  else
+    return V::load_aligned(p);
+}
+
+/// Stores v to an aligned address.
+template <class V>
+NORMFLOW_ALWAYS_INLINE void store(scalar_t<V>* p, const V& v) noexcept {
+  if constexpr (pack_size<V> == 1 && std::is_arithmetic_v<V>)
+    *p = v;
+  else
+    v.store_aligned(p);
+}
+
+/// Lane i of v.
+template <class V>
+NORMFLOW_ALWAYS_INLINE scalar_t<V> lane(const V& v, index_t i) noexcept {
+  if constexpr (pack_size<V> == 1 && std::is_arithmetic_v<V>)
+    return v;
+  else
+    return v.get(std::size_t(i));
+}
+
+/// The name of the host SIMD instruction set compiled in (e.g. "avx512bw"), for benchmarks.
+inline const char* arch_name() noexcept { return xsimd::default_arch::name(); }
+
+}  // namespace normflow::simd
