@@ -71,15 +71,18 @@ struct StreamBandwidth {
 StreamBandwidth g_stream;
 
 struct FreeDeleter {
-  void operator()(double* p) const noexcept { std::free(p); }
+  void operator()(void* p) const noexcept { std::free(p); }
 };
-using DoubleBuffer = std::unique_ptr<double[], FreeDeleter>;
+/// A 64-byte aligned, uninitialised array (no value-initialisation: first touch is the caller's).
+template <class T>
+using Buffer = std::unique_ptr<T[], FreeDeleter>;
 
-DoubleBuffer allocate_doubles(std::size_t n) {
-  const std::size_t bytes = (n * sizeof(double) + 63) / 64 * 64;
-  auto* p = static_cast<double*>(std::aligned_alloc(64, bytes));
+template <class T>
+Buffer<T> allocate(std::size_t n) {
+  const std::size_t bytes = std::max<std::size_t>(64, (n * sizeof(T) + 63) / 64 * 64);
+  auto* p = static_cast<T*>(std::aligned_alloc(64, bytes));
   if (p == nullptr) throw std::bad_alloc();
-  return DoubleBuffer(p);
+  return Buffer<T>(p);
 }
 
 /// Last-level cache size in bytes (0 when the C library does not say).
@@ -120,8 +123,8 @@ void measure_stream() {
   if (total == 0) return;  // NORMFLOW_STREAM_MIB=0: skip (the stream counters read 0)
   const std::ptrdiff_t n = std::ptrdiff_t(total / 3 / sizeof(double));
   g_stream.array_bytes = std::size_t(n) * sizeof(double);
-  DoubleBuffer a = allocate_doubles(std::size_t(n)), b = allocate_doubles(std::size_t(n)),
-               c = allocate_doubles(std::size_t(n));
+  Buffer<double> a = allocate<double>(std::size_t(n)), b = allocate<double>(std::size_t(n)),
+                 c = allocate<double>(std::size_t(n));
   // First touch with the same static schedule as the timed loop (page placement).
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
@@ -160,7 +163,7 @@ void run_library(benchmark::State& state, Kernels which) {
   normflow::NormalPrior<Lat, T> prior(0, 1, kSeed);
   const normflow::ScalarField<Lat, T> phi = prior.sample(batch);
   normflow::ScalarField<Lat, T> f(batch);
-  std::vector<T> out(std::size_t(batch));
+  std::vector<T> out(static_cast<std::size_t>(batch));
   const Exec exec{};
   const bool do_action = (int(which) & 1) != 0, do_force = (int(which) & 2) != 0;
 
@@ -278,16 +281,18 @@ void BM_RawActionForce(benchmark::State& state) {
   // The library's sample, copied to lexicographic order.
   normflow::NormalPrior<Lat, T> prior(0, 1, kSeed);
   const normflow::ScalarField<Lat, T> phi_lib = prior.sample(batch);
-  normflow::detail::AlignedAllocator<T, 64> alloc;
-  std::vector<T, normflow::detail::AlignedAllocator<T, 64>> phi(std::size_t(Lat::volume * B), T(0), alloc),
-      f(phi.size(), T(0), alloc), out(std::size_t(B), T(0), alloc);
+  const std::size_t n = std::size_t(Lat::volume) * std::size_t(B);
+  Buffer<T> phi = allocate<T>(n), f = allocate<T>(n), out = allocate<T>(std::size_t(B));
+  std::fill_n(phi.get(), n, T(0));
+  std::fill_n(f.get(), n, T(0));
+  std::fill_n(out.get(), B, T(0));
   for (index_t site = 0; site < Lat::volume; ++site)
     for (index_t b = 0; b < batch; ++b) phi[std::size_t(site * B + b)] = phi_lib.at_site(site, 0, b);
   const auto wl = kAction.weights<T>(Lat::rank);
   const RawWeights<T> w{wl.w0, wl.w2, wl.w4, T(2) * wl.w2, T(4) * wl.w4};
 
   // Cross-check against the library once (outside the timed loop).
-  raw_run<L0, L1, T>(phi.data(), f.data(), out.data(), B, threads, w);
+  raw_run<L0, L1, T>(phi.get(), f.get(), out.get(), B, threads, w);
   {
     const auto f_lib = kAction.force(phi_lib);
     const auto s_lib = kAction.action(phi_lib);
@@ -313,9 +318,9 @@ void BM_RawActionForce(benchmark::State& state) {
   }
 
   for (auto _ : state) {
-    raw_run<L0, L1, T>(phi.data(), f.data(), out.data(), B, threads, w);
-    benchmark::DoNotOptimize(out.data());
-    benchmark::DoNotOptimize(f.data());
+    raw_run<L0, L1, T>(phi.get(), f.get(), out.get(), B, threads, w);
+    benchmark::DoNotOptimize(out.get());
+    benchmark::DoNotOptimize(f.get());
     benchmark::ClobberMemory();
   }
 
