@@ -115,9 +115,10 @@ double triad_gbs(double* a, const double* b, const double* c, std::ptrdiff_t n, 
 }
 
 /// Measures g_stream. Total size: NORMFLOW_STREAM_MIB (MiB over the three arrays) if set, else
-/// max(512 MiB, 4 x last-level cache) (STREAM's rule: each array well beyond every cache).
+/// 4 x the last-level cache (STREAM's rule: well beyond every cache) clamped to [512 MiB, 2 GiB].
 void measure_stream() {
-  std::size_t total = std::max<std::size_t>(std::size_t(512) << 20, 4 * last_level_cache_bytes());
+  std::size_t total = std::clamp<std::size_t>(4 * last_level_cache_bytes(), std::size_t(512) << 20,
+                                              std::size_t(2048) << 20);
   if (const char* env = std::getenv("NORMFLOW_STREAM_MIB")) total = std::size_t(std::atoll(env)) << 20;
   g_stream.threads = normflow::exec::max_threads();
   if (total == 0) return;  // NORMFLOW_STREAM_MIB=0: skip (the stream counters read 0)
@@ -141,14 +142,21 @@ void measure_stream() {
   if (a[0] != 7.0 || a[n - 1] != 7.0) std::fprintf(stderr, "stream triad: wrong result\n");
 }
 
-/// GB/s, stream_GB/s and frac_of_stream for a run moving `bytes_per_iter` bytes per iteration.
-void add_bandwidth_counters(benchmark::State& state, double bytes_per_iter, double stream_gbs) {
-  state.SetBytesProcessed(std::int64_t(double(state.iterations()) * bytes_per_iter));
-  state.counters["GB/s"] = benchmark::Counter(bytes_per_iter * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["stream_GB/s"] = benchmark::Counter(stream_gbs);
-  if (stream_gbs > 0)
-    state.counters["frac_of_stream"] =
-        benchmark::Counter(bytes_per_iter * 1e-9 / stream_gbs, benchmark::Counter::kIsIterationInvariantRate);
+/// Wall-clock seconds of the timed loop, read around `for (auto _ : state)` (the same interval
+/// as the library's real-time timer), so that GB/s can be a plain counter: a kIsRate counter
+/// would print as "GB/s=3.1/s" on the console.
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+/// bytes_per_second, GB/s (achieved), stream_GB/s (the reference) and frac_of_stream for a run
+/// of state.iterations() iterations moving `bytes_per_iter` bytes each in `seconds`.
+void add_bandwidth_counters(benchmark::State& state, double bytes_per_iter, double seconds, double stream_gbs) {
+  const double bytes = double(state.iterations()) * bytes_per_iter;
+  state.SetBytesProcessed(std::int64_t(bytes));
+  const double gbs = seconds > 0 ? bytes / seconds * 1e-9 : 0.0;
+  state.counters["GB/s"] = gbs;
+  state.counters["stream_GB/s"] = stream_gbs;
+  state.counters["frac_of_stream"] = stream_gbs > 0 ? gbs / stream_gbs : 0.0;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -167,6 +175,7 @@ void run_library(benchmark::State& state, Kernels which) {
   const Exec exec{};
   const bool do_action = (int(which) & 1) != 0, do_force = (int(which) & 2) != 0;
 
+  const auto t0 = Clock::now();
   for (auto _ : state) {
     if (do_action) kAction.action(phi, std::span<T>(out), exec);
     if (do_force) kAction.force(phi, f, exec);
@@ -174,6 +183,7 @@ void run_library(benchmark::State& state, Kernels which) {
     benchmark::DoNotOptimize(f.data());
     benchmark::ClobberMemory();
   }
+  const double seconds = seconds_since(t0);
 
   // Byte model of the file comment.
   const double field = double(Lat::volume) * double(phi.padded_batch()) * sizeof(T);
@@ -182,7 +192,7 @@ void run_library(benchmark::State& state, Kernels which) {
                        (do_force ? 2.0 * field + table : 0.0);
   state.SetItemsProcessed(state.iterations() * std::int64_t(batch) * Lat::volume);
   const bool serial = std::is_same_v<Exec, Serial> || g_stream.threads == 1;
-  add_bandwidth_counters(state, bytes, serial ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
+  add_bandwidth_counters(state, bytes, seconds, serial ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
 }
 
 /// action + force, the timed unit of an HMC-like step.
@@ -269,13 +279,13 @@ void raw_run(const T* phi, T* f, T* out, std::ptrdiff_t B, int threads, const Ra
 #endif
 }
 
-/// Raw baseline of BM_ActionForce; range(0) = batch, range(1) = threads (0: all).
+/// Raw baseline of BM_ActionForce; range(0) = batch, range(1) = threads.
 template <class Lat, class T>
 void BM_RawActionForce(benchmark::State& state) {
   static_assert(Lat::rank == 2, "the raw baseline is written for rank-2 lattices");
   constexpr index_t L0 = Lat::extents[0], L1 = Lat::extents[1];
   const index_t batch = index_t(state.range(0));
-  const int threads = state.range(1) > 0 ? int(state.range(1)) : normflow::exec::max_threads();
+  const int threads = int(state.range(1));
   const std::ptrdiff_t B = normflow::padded_batch_size<T>(batch);
 
   // The library's sample, copied to lexicographic order.
@@ -317,17 +327,19 @@ void BM_RawActionForce(benchmark::State& state) {
     }
   }
 
+  const auto t0 = Clock::now();
   for (auto _ : state) {
     raw_run<L0, L1, T>(phi.get(), f.get(), out.get(), B, threads, w);
     benchmark::DoNotOptimize(out.get());
     benchmark::DoNotOptimize(f.get());
     benchmark::ClobberMemory();
   }
+  const double seconds = seconds_since(t0);
 
   const double field = double(Lat::volume) * double(B) * sizeof(T);
   const double bytes = field + double(batch) * sizeof(T) + 2.0 * field;
   state.SetItemsProcessed(state.iterations() * std::int64_t(batch) * Lat::volume);
-  add_bandwidth_counters(state, bytes, threads == 1 ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
+  add_bandwidth_counters(state, bytes, seconds, threads == 1 ? g_stream.one_thread_gbs : g_stream.all_threads_gbs);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -340,7 +352,9 @@ void batches(benchmark::internal::Benchmark* b) {
   b->ArgName("batch")->Arg(128)->Arg(1024)->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 void raw_batches(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"batch", "threads"})->ArgsProduct({{128, 1024}, {1, 0}})->UseRealTime()->Unit(benchmark::kMicrosecond);
+  std::vector<std::int64_t> threads{1};
+  if (normflow::exec::max_threads() > 1) threads.push_back(normflow::exec::max_threads());
+  b->ArgNames({"batch", "threads"})->ArgsProduct({{128, 1024}, threads})->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 
 BENCHMARK_TEMPLATE(BM_ActionForce, L8x8, float, Default)->Apply(batches);
@@ -359,11 +373,14 @@ BENCHMARK_TEMPLATE(BM_Force, L64x64, float, Default)->Apply(batches);
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Initialize consumes the --benchmark_* flags, so look for --benchmark_list_tests first.
+  bool list_only = false;
+  for (int i = 1; i < argc; ++i)
+    list_only |= std::strncmp(argv[i], "--benchmark_list_tests", 22) == 0 &&
+                 std::strcmp(argv[i], "--benchmark_list_tests=false") != 0;
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-  bool list_only = false;
-  for (int i = 1; i < argc; ++i) list_only |= std::strncmp(argv[i], "--benchmark_list_tests", 22) == 0;
   if (!list_only) {
     measure_stream();
     std::fprintf(stderr,
