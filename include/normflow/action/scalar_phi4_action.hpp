@@ -39,6 +39,9 @@ struct Phi4Weights {
   T w0, w2, w4;
 };
 
+/// Per-sample S: for each lane, the sum over sites in storage order. Sites are the outer loop and
+/// up to `R` SIMD chunks of the batch the inner one (accumulators in registers), so memory is read
+/// sequentially; each lane's sum has the same terms in the same order whatever the blocking.
 template <class T, index_t Rank>
 struct Phi4ActionKernel {
   FieldView<const T, 1> phi;
@@ -46,18 +49,34 @@ struct Phi4ActionKernel {
   T* out;
   Phi4Weights<T> w;
   index_t volume;
-  template <class V>
-  NORMFLOW_HOST_DEVICE void apply(index_t, index_t b) const noexcept {
+
+  template <class V, index_t R>
+  NORMFLOW_HOST_DEVICE void sum_sites(index_t b) const noexcept {
+    constexpr index_t W = simd::pack_size<V>;
     const V w0(w.w0), w2(w.w2), w4(w.w4);
-    V acc(T(0));
+    V acc[R];
+    for (index_t j = 0; j < R; ++j) acc[j] = V(T(0));
     for (index_t s = 0; s < volume; ++s) {
-      const V p = simd::load<V>(phi.lanes(s) + b);
-      V hop = simd::load<V>(phi.lanes(nb.bwd(s, 0)) + b);
-      for (index_t mu = 1; mu < Rank; ++mu) hop += simd::load<V>(phi.lanes(nb.bwd(s, mu)) + b);
-      const V p2 = p * p;
-      acc += p2 * (w2 + w4 * p2) - w0 * p * hop;
+      const T* here = phi.lanes(s) + b;
+      const T* back[Rank];
+      for (index_t mu = 0; mu < Rank; ++mu) back[mu] = phi.lanes(nb.bwd(s, mu)) + b;
+      for (index_t j = 0; j < R; ++j) {
+        const V p = simd::load<V>(here + j * W);
+        V hop = simd::load<V>(back[0] + j * W);
+        for (index_t mu = 1; mu < Rank; ++mu) hop += simd::load<V>(back[mu] + j * W);
+        const V p2 = p * p;
+        acc[j] += p2 * (w2 + w4 * p2) - w0 * p * hop;
+      }
     }
-    store_samples(out, acc, b, phi.batch);
+    for (index_t j = 0; j < R; ++j) store_samples(out, acc[j], b + j * W, phi.batch);
+  }
+
+  template <class V>
+  NORMFLOW_HOST_DEVICE void apply_block(index_t b_begin, index_t b_end) const noexcept {
+    constexpr index_t W = simd::pack_size<V>, R = 4;
+    index_t b = b_begin;
+    for (; b + R * W <= b_end; b += R * W) sum_sites<V, R>(b);
+    for (; b < b_end; b += W) sum_sites<V, 1>(b);
   }
 };
 
@@ -140,7 +159,7 @@ struct ScalarPhi4Action {
     detail::require_output_size(out, phi.batch(), "ScalarPhi4Action::action");
     const detail::Phi4ActionKernel<T, Lat::rank> k{phi.cview(), neighbors<Lat, Order>().view(), out.data(),
                                                    weights<T>(Lat::rank), Lat::volume};
-    exec::parallel_for_lanes<T>(exec, 1, phi.padded_batch(), k);
+    exec::parallel_for_lane_blocks<T>(exec, phi.padded_batch(), k);
   }
 
   /// Per-sample action S[phi].

@@ -9,6 +9,11 @@
 ///   parallel_for_lanes<T>(exec, n_outer, padded_batch, k)
 ///       k.template apply<V>(o, b) for o in [0, n_outer) and b in [0, padded_batch) in steps of
 ///       pack_size<V>: V is a host SIMD pack of T on host backends, T itself under Kokkos.
+///   parallel_for_lane_blocks<T>(exec, padded_batch, k)
+///       k.template apply_block<V>(b_begin, b_end) over contiguous blocks that cover the padded
+///       batch (bounds are multiples of pack_size<V>); for per-sample reductions over sites, which
+///       then sweep the sites once per block with sequential memory access. The split depends on
+///       the thread count, so a kernel's per-lane arithmetic must not depend on the block bounds.
 /// Reproducibility: parallel_reduce sums fixed blocks of reduce_block_size indices in index order
 /// and then the block sums in block order, so the result does not depend on the thread count or
 /// the backend. Kernels are functors over trivially copyable views: no exceptions, virtual
@@ -114,6 +119,26 @@ void parallel_for_lanes(OpenMP, index_t n_outer, index_t padded_batch, const K& 
 #pragma omp parallel for schedule(static)
 #endif
   for (offset_t i = 0; i < n; ++i) k.template apply<V>(index_t(i / chunks), index_t(i % chunks) * W);
+}
+
+/// k.template apply_block<V>(0, padded_batch): one block.
+template <class T, class K>
+void parallel_for_lane_blocks(Serial, index_t padded_batch, const K& k) {
+  k.template apply_block<simd::native_pack<T>>(0, padded_batch);
+}
+
+/// One contiguous block of SIMD chunks per thread.
+template <class T, class K>
+void parallel_for_lane_blocks(OpenMP, index_t padded_batch, const K& k) {
+  using V = simd::native_pack<T>;
+  constexpr index_t W = simd::pack_size<V>;
+  const index_t chunks = padded_batch / W;
+  const index_t blocks = std::max(1, std::min<index_t>(index_t(max_threads()), chunks));
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t t = 0; t < blocks; ++t)
+    k.template apply_block<V>(index_t(offset_t(chunks) * t / blocks) * W, index_t(offset_t(chunks) * (t + 1) / blocks) * W);
 }
 
 }  // namespace normflow::exec

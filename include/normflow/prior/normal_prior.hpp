@@ -55,23 +55,39 @@ struct NormalFillKernel {
   }
 };
 
-/// out[b] = -half_inv_var * sum_{s,c} (x - loc)^2 - constant, summed over sites in storage order.
+/// out[b] = -half_inv_var * sum_{s,c} (x - loc)^2 - constant, summed over (s, c) in storage order
+/// per lane; sites outer, up to R SIMD chunks inner (sequential reads, same bits for any blocking).
 template <class T, index_t C>
 struct NormalLogProbKernel {
   FieldView<const T, C> x;
   T* out;
   T loc, half_inv_var, constant;
   index_t volume;
-  template <class V>
-  NORMFLOW_HOST_DEVICE void apply(index_t, index_t b) const noexcept {
-    V acc(T(0));
+
+  template <class V, index_t R>
+  NORMFLOW_HOST_DEVICE void sum_sites(index_t b) const noexcept {
+    constexpr index_t W = simd::pack_size<V>;
     const V mu(loc);
+    V acc[R];
+    for (index_t j = 0; j < R; ++j) acc[j] = V(T(0));
     for (index_t s = 0; s < volume; ++s)
       for (index_t c = 0; c < C; ++c) {
-        const V d = simd::load<V>(x.lanes(s, c) + b) - mu;
-        acc += d * d;
+        const T* p = x.lanes(s, c) + b;
+        for (index_t j = 0; j < R; ++j) {
+          const V d = simd::load<V>(p + j * W) - mu;
+          acc[j] += d * d;
+        }
       }
-    store_samples(out, V(T(0)) - V(half_inv_var) * acc - V(constant), b, x.batch);
+    for (index_t j = 0; j < R; ++j)
+      store_samples(out, V(T(0)) - V(half_inv_var) * acc[j] - V(constant), b + j * W, x.batch);
+  }
+
+  template <class V>
+  NORMFLOW_HOST_DEVICE void apply_block(index_t b_begin, index_t b_end) const noexcept {
+    constexpr index_t W = simd::pack_size<V>, R = 4;
+    index_t b = b_begin;
+    for (; b + R * W <= b_end; b += R * W) sum_sites<V, R>(b);
+    for (; b < b_end; b += W) sum_sites<V, 1>(b);
   }
 };
 
@@ -161,7 +177,7 @@ class NormalPrior {
     const double log_norm = double(dof) * (std::log(m_scale) + 0.5 * std::log(2 * std::numbers::pi));
     const detail::NormalLogProbKernel<T, components> k{x.cview(), out.data(), T(m_loc),
                                                        T(0.5 / (m_scale * m_scale)), T(log_norm), Lat::volume};
-    exec::parallel_for_lanes<T>(exec, 1, x.padded_batch(), k);
+    exec::parallel_for_lane_blocks<T>(exec, x.padded_batch(), k);
   }
 
   /// Per-sample log r(x).

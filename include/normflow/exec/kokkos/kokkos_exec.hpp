@@ -71,6 +71,15 @@ void parallel_for_lanes(KokkosExec<Space>, index_t n_outer, index_t padded_batch
   ::Kokkos::fence();
 }
 
+/// Block kernels with V = T: one work item per sample.
+template <class T, class Space, class K>
+void parallel_for_lane_blocks(KokkosExec<Space>, index_t padded_batch, const K& k) {
+  ::Kokkos::parallel_for(
+      "normflow::parallel_for_lane_blocks", ::Kokkos::RangePolicy<Space, ::Kokkos::IndexType<index_t>>(0, padded_batch),
+      KOKKOS_LAMBDA(index_t b) { k.template apply_block<T>(b, b + 1); });
+  ::Kokkos::fence();
+}
+
 /// An unmanaged Kokkos::View (volume x components x padded_batch, LayoutRight) over a field's
 /// host storage: usable with host-accessible execution spaces.
 template <LatticeShape Lat, class T, SiteType Site, SiteOrder Order>
