@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+#pragma once
+/// \file ConvStack<Lat, T, Order>: the runtime conditioner network of the coupling layers
+/// (reference 3.4, ConvBlock): a stack of periodic ('circular', same-size, stride 1) convolutions
+/// on a lattice of any rank d, on batched fields, with an activation after every convolution but
+/// the last. Its architecture is a runtime ConvNetConfig; the compile-time spec ConvNet<...> of
+/// conv_net_spec.hpp produces one.
+///
+/// Maths. Layer l maps c_in channels to c_out with a kernel of odd size k, r = k / 2, taps
+/// delta in [-r, r]^d (K = k^d of them), weights W_{o,i,delta} and biases b_o:
+///   z_o(x) = b_o + sum_{i < c_in} sum_delta W_{o,i,delta} a_i(x + delta)       (x + delta periodic)
+///   a^{l+1} = f(z^l) for l < L - 1 (a^0 = x),  y = z^{L-1}
+/// This is a cross-correlation, as PyTorch's Conv_nd with padding_mode='circular': W_{o,i,delta}
+/// is PyTorch's weight[o][i][delta_0 + r][delta_1 + r]... with lattice direction 0 as the first
+/// spatial axis. When k > L along a direction, several taps reach the same site (they add).
+/// Adjoint (vector-Jacobian product) for a cotangent g^l = dL/dz^l:
+///   dL/da_i(x)       = sum_{o, delta} W_{o,i,delta} g_o(x - delta)
+///                      (a correlation with the flipped kernel W^T_{i,o,delta} = W_{o,i,-delta})
+///   dL/dW_{o,i,delta} = sum_{x, b} g_o(x, b) a_i(x + delta, b)
+///   dL/db_o           = sum_{x, b} g_o(x, b)
+///   g^{l-1} = dL/da^l * f'(z^{l-1})       (f' of activation.hpp, from z and a = f(z))
+/// Samples b are independent: lane b of every output depends only on lane b of the input, and
+/// the parameter gradients sum over the real samples b < batch only.
+///
+/// Parameters live in one caller-owned flat array, layer after layer; layer l holds
+///   weight [c_out][c_in][K]  (tap t = sum_{dir < d} (delta_dir + r) k^(d-1-dir), the
+///                             last direction fastest: the flat order of PyTorch's weight tensor;
+///                             tap K - 1 - t is -delta_t)
+///   bias   [c_out]           (only with bias)
+/// so num_params = sum_l c_out c_in K (+ c_out). PyTorch's default initialisation:
+/// W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = c_in K.
+///
+/// Invariants: the forward pass reads x through a copy whose padding lanes are zero, so every
+/// padding lane of y and of the stored activations is finite whatever x holds there; backward
+/// zeroes the padding lanes of gy, so padding lanes never reach the parameter gradients and gx is
+/// zero there. Every output value and gradient entry is computed by one work item in a fixed
+/// order, so results are bitwise independent of the thread count.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <normflow/config.hpp>
+#include <normflow/detail/aligned_allocator.hpp>
+#include <normflow/errors.hpp>
+#include <normflow/exec/host.hpp>
+#include <normflow/field/field.hpp>
+#include <normflow/lattice/lattice.hpp>
+#include <normflow/lattice/site_order.hpp>
+#include <normflow/layer/conditioner/activation.hpp>
+#include <normflow/layer/conditioner/conv_kernels.hpp>
+#include <normflow/random/philox.hpp>
+
+namespace normflow {
+
+template <LatticeShape Lat, class T = float, SiteOrder Order = default_order_t<Lat>>
+class ConvStack;
+
+/// Runtime architecture of a ConvStack: in_channels -> hidden[0] -> ... -> out_channels.
+struct ConvNetConfig {
+  index_t in_channels = 1;        ///< channels per site of the input x, >= 1
+  std::vector<index_t> hidden{};  ///< hidden channel counts, each >= 1; empty: a single convolution
+  index_t out_channels = 1;       ///< channels per site of the output y, >= 1
+  index_t kernel_size = 3;        ///< odd, >= 1 (same-size output, periodic)
+  Activation activation = Activation::tanh;  ///< after every convolution but the last
+  bool bias = true;               ///< a bias per output channel of every convolution
+};
+
+/// Parameter initialisation of ConvStack::init_params.
+enum class ConvInit {
+  uniform,    ///< PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
+  zero,       ///< every parameter zero
+  zero_last,  ///< uniform, but the last convolution zero (the network starts as y = 0)
+};
+
+/// Caller-owned buffers of a ConvStack forward pass, kept for backward: allocated by the first
+/// forward, reused (no allocation) while the batch size and the network stay the same.
+/// \tparam T float or double
+template <class T>
+class ConvWorkspace {
+ public:
+  ConvWorkspace() = default;
+
+  /// Batch of the stored forward pass (-1 before the first).
+  index_t batch() const noexcept { return m_batch; }
+
+ private:
+  template <LatticeShape, class, SiteOrder>
+  friend class ConvStack;
+  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+
+  index_t m_batch = -1;
+  index_t m_stride = 0;
+  std::vector<index_t> m_channels;  // architecture the buffers were laid out for
+  buffer m_x;                       // copy of the input, padding lanes zero
+  std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z and h = f(z)
+  buffer m_g0, m_g1;                // backward: cotangents of two consecutive layers
+  buffer m_wt;                      // backward: flipped, transposed weights of one layer
+};
+
+/// A stack of periodic convolutions (see the file comment for the maths and the layouts).
+/// Immutable after construction; const member functions are thread-safe (state lives in the
+/// caller's parameters and workspace).
+/// \tparam Lat   the lattice (any rank)
+/// \tparam T     float or double
+/// \tparam Order site order of the fields it reads and writes
+template <LatticeShape Lat, class T, SiteOrder Order>
+class ConvStack {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "ConvStack<Lat, T, ...>: T must be float or double");
+
+ public:
+  using lattice = Lat;
+  using value_type = T;
+  using order = Order;
+  using Workspace = ConvWorkspace<T>;
+  static constexpr index_t volume = Lat::volume;
+  static constexpr index_t rank = Lat::rank;
+
+  /// Validates the configuration (ParameterError naming the parameter and its valid range) and
+  /// builds the tap table: num_taps() x volume storage positions.
+  explicit ConvStack(ConvNetConfig config) : m_config(std::move(config)) {
+    m_taps_count = validate();
+    const ConvNetConfig& c = m_config;
+    m_channels.push_back(c.in_channels);
+    for (index_t h : c.hidden) m_channels.push_back(h);
+    m_channels.push_back(c.out_channels);
+    m_weight_offset.resize(std::size_t(num_layers()));
+    std::size_t n = 0;
+    for (index_t l = 0; l < num_layers(); ++l) {
+      m_weight_offset[std::size_t(l)] = n;
+      n += std::size_t(out_channels(l)) * std::size_t(in_channels(l)) * std::size_t(m_taps_count);
+      if (c.bias) n += std::size_t(out_channels(l));
+    }
+    m_num_params = n;
+    build_taps();
+  }
+
+  const ConvNetConfig& config() const noexcept { return m_config; }
+  /// Number of convolutions: hidden.size() + 1.
+  index_t num_layers() const noexcept { return index_t(m_channels.size()) - 1; }
+  /// Input / output channels of convolution l.
+  index_t in_channels(index_t l) const noexcept { return m_channels[std::size_t(l)]; }
+  index_t out_channels(index_t l) const noexcept { return m_channels[std::size_t(l) + 1]; }
+  /// K = kernel_size^rank taps per (output, input) channel pair.
+  index_t num_taps() const noexcept { return m_taps_count; }
+  /// Total parameter count (see the file comment).
+  std::size_t num_params() const noexcept { return m_num_params; }
+  /// Start of layer l's weights [c_out][c_in][K] in the flat parameter array.
+  std::size_t weight_offset(index_t l) const noexcept { return m_weight_offset[std::size_t(l)]; }
+  /// Start of layer l's biases [c_out] (meaningful only with config().bias).
+  std::size_t bias_offset(index_t l) const noexcept {
+    return weight_offset(l) + std::size_t(out_channels(l)) * std::size_t(in_channels(l)) * std::size_t(m_taps_count);
+  }
+  /// The offset of tap t along each direction, in [-r, r] (r = kernel_size / 2).
+  typename Lat::coord_type tap_offset(index_t t) const noexcept {
+    typename Lat::coord_type delta{};
+    const index_t k = m_config.kernel_size, r = k / 2;
+    for (index_t d = rank - 1; d >= 0; --d) {
+      delta[std::size_t(d)] = t % k - r;
+      t /= k;
+    }
+    return delta;
+  }
+  /// Storage position of site(s) + delta_t, s a storage position.
+  index_t tap_neighbor(index_t t, index_t s) const noexcept {
+    return m_taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)];
+  }
+
+  /// Fills params (num_params() values). uniform: entry j of layer l's block (weights, then
+  /// biases) is (2u - 1)/sqrt(c_in K), u the (j mod 2)-th uniform of
+  /// CounterRng{seed, 0}.uniform_pair(l, j / 2, 0), computed in double: float and double nets
+  /// from one seed agree to float rounding.
+  void init_params(std::span<T> params, std::uint64_t seed, ConvInit init = ConvInit::uniform) const {
+    require_size(params.size(), "ConvStack::init_params", "params");
+    const CounterRng rng{seed, 0};
+    for (index_t l = 0; l < num_layers(); ++l) {
+      const std::size_t begin = weight_offset(l);
+      const std::size_t end = l + 1 < num_layers() ? weight_offset(l + 1) : m_num_params;
+      const bool zero = init == ConvInit::zero || (init == ConvInit::zero_last && l + 1 == num_layers());
+      const double bound = 1.0 / std::sqrt(double(in_channels(l)) * double(m_taps_count));
+      for (std::size_t j = 0; j < end - begin; ++j) {
+        if (zero) {
+          params[begin + j] = T(0);
+          continue;
+        }
+        const DoublePair u = rng.uniform_pair(std::uint32_t(l), std::uint32_t(j / 2), 0);
+        params[begin + j] = T(bound * (2.0 * (j % 2 ? u.second : u.first) - 1.0));
+      }
+    }
+  }
+
+  /// y = net(x). Stores what backward needs in ws (resized only when the batch or the network
+  /// changes). x has in_channels components, y out_channels; both have the same batch.
+  /// \tparam Exec exec::Serial or exec::OpenMP (threads over sites and batch chunks)
+  template <SiteType SiteIn, SiteType SiteOut, class Exec = exec::HostDefault>
+  void forward(std::span<const T> params, const Field<Lat, T, SiteIn, Order>& x, Field<Lat, T, SiteOut, Order>& y,
+               Workspace& ws, Exec exec = {}) const {
+    static_assert(std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>,
+                  "ConvStack::forward: use a host execution policy (exec::Serial or exec::OpenMP)");
+    constexpr const char* where = "ConvStack::forward";
+    require_size(params.size(), where, "params");
+    require_channels(SiteIn::components, m_config.in_channels, where, "x", "in_channels");
+    require_channels(SiteOut::components, m_config.out_channels, where, "y", "out_channels");
+    require_batch(y.batch(), x.batch(), where, "y", "x");
+    prepare(ws, x.batch(), x.padded_batch());
+    copy_real_lanes(exec, x.data(), ws.m_x.data(), m_config.in_channels, x.batch(), x.padded_batch());
+
+    const T* in = ws.m_x.data();
+    for (index_t l = 0; l < num_layers(); ++l) {
+      const detail::ConvKernelArgs<T> args = layer_args(params, l, in, ws.m_stride);
+      const bool last = l + 1 == num_layers();
+      detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
+      if (last) {
+        out.out = y.data();
+      } else if (m_config.activation == Activation::none) {
+        out.out = ws.m_z[std::size_t(l)].data();
+        in = out.out;
+      } else {
+        out.mode = detail::ConvEpilogue::activate;
+        out.out = ws.m_z[std::size_t(l)].data();
+        out.out_h = ws.m_h[std::size_t(l)].data();
+        in = out.out_h;
+      }
+      detail::conv_forward(exec, args, out);
+    }
+  }
+
+  /// Vector-Jacobian product of the forward pass stored in ws (run with the same params):
+  /// gx = dL/dx (overwritten; zero in padding lanes) and grads += dL/dparams, from gy = dL/dy
+  /// (its padding lanes are ignored).
+  template <SiteType SiteIn, SiteType SiteOut, class Exec = exec::HostDefault>
+  void backward(std::span<const T> params, Workspace& ws, const Field<Lat, T, SiteOut, Order>& gy,
+                Field<Lat, T, SiteIn, Order>& gx, std::span<T> grads, Exec exec = {}) const {
+    static_assert(std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>,
+                  "ConvStack::backward: use a host execution policy (exec::Serial or exec::OpenMP)");
+    constexpr const char* where = "ConvStack::backward";
+    require_size(params.size(), where, "params");
+    require_size(grads.size(), where, "grads");
+    require_channels(SiteIn::components, m_config.in_channels, where, "gx", "in_channels");
+    require_channels(SiteOut::components, m_config.out_channels, where, "gy", "out_channels");
+    if (ws.m_batch < 0 || ws.m_channels != m_channels)
+      throw ShapeError(detail::concat(where, ": the workspace holds no forward pass of this network; "
+                                             "call forward(params, x, y, ws) first"));
+    require_batch(gy.batch(), ws.m_batch, where, "gy", "the forward pass");
+    require_batch(gx.batch(), ws.m_batch, where, "gx", "the forward pass");
+
+    T* g = ws.m_g0.data();
+    T* g_next = ws.m_g1.data();
+    copy_real_lanes(exec, gy.data(), g, m_config.out_channels, gy.batch(), ws.m_stride);
+    for (index_t l = num_layers() - 1; l >= 0; --l) {
+      const index_t cin = in_channels(l), cout = out_channels(l);
+      const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
+      const detail::ConvGradArgs<T> gargs{g, in, m_taps.data(), cin, cout, m_taps_count, volume, ws.m_stride,
+                                          grads.data() + weight_offset(l),
+                                          m_config.bias ? grads.data() + bias_offset(l) : nullptr};
+      detail::conv_param_grad(exec, gargs);
+
+      // W^T[i][o][t] = W[o][i][K - 1 - t]: tap K - 1 - t is -delta_t.
+      const T* w = params.data() + weight_offset(l);
+      T* wt = ws.m_wt.data();
+      for (index_t i = 0; i < cin; ++i)
+        for (index_t o = 0; o < cout; ++o)
+          for (index_t t = 0; t < m_taps_count; ++t)
+            wt[(offset_t(i) * cout + o) * m_taps_count + t] =
+                w[(offset_t(o) * cin + i) * m_taps_count + (m_taps_count - 1 - t)];
+      const detail::ConvKernelArgs<T> args{g, wt, nullptr, m_taps.data(), cout, cin, m_taps_count, volume, ws.m_stride};
+      detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
+      if (l == 0) {
+        out.out = gx.data();
+      } else {
+        out.out = g_next;
+        if (m_config.activation != Activation::none) {
+          out.mode = detail::ConvEpilogue::derivative;
+          out.z = ws.m_z[std::size_t(l - 1)].data();
+          out.h = ws.m_h[std::size_t(l - 1)].data();
+        }
+      }
+      detail::conv_forward(exec, args, out);
+      std::swap(g, g_next);
+    }
+  }
+
+ private:
+  /// Throws ParameterError for an invalid configuration; returns the tap count K.
+  index_t validate() const {
+    const ConvNetConfig& c = m_config;
+    auto channels = [](index_t v, const char* name) {
+      if (v < 1 || v > max_channels)
+        throw ParameterError(detail::concat("ConvStack: ", name, " = ", v, " is outside the valid range [1, ",
+                                            max_channels, "]"));
+    };
+    channels(c.in_channels, "in_channels");
+    channels(c.out_channels, "out_channels");
+    for (std::size_t j = 0; j < c.hidden.size(); ++j)
+      channels(c.hidden[j], detail::concat("hidden[", j, "]").c_str());
+    if (c.kernel_size < 1 || c.kernel_size % 2 == 0)
+      throw ParameterError(detail::concat("ConvStack: kernel_size = ", c.kernel_size,
+                                          " is invalid; valid: an odd value >= 1 (1, 3, 5, ...)"));
+    if (activation_name(c.activation) == nullptr)
+      throw ParameterError(detail::concat("ConvStack: activation = ", int(c.activation),
+                                          " is invalid; valid: tanh, leaky_relu, silu, none"));
+    std::int64_t taps = 1;
+    for (index_t d = 0; d < rank; ++d) {
+      taps *= c.kernel_size;
+      if (taps * volume > max_tap_entries)
+        throw ParameterError(detail::concat("ConvStack: kernel_size = ", c.kernel_size, " gives ", c.kernel_size,
+                                            "^", rank, " taps on ", volume,
+                                            " sites: too many; valid: kernel_size^rank * volume <= 2^28"));
+    }
+    index_t prev = c.in_channels;
+    for (std::size_t l = 0; l <= c.hidden.size(); ++l) {
+      const index_t next = l < c.hidden.size() ? c.hidden[l] : c.out_channels;
+      if (std::int64_t(prev) * next * taps >= (std::int64_t(1) << 31))
+        throw ParameterError(detail::concat("ConvStack: layer ", l, " has ", std::int64_t(prev) * next * taps,
+                                            " weights; valid: c_in * c_out * kernel_size^rank < 2^31"));
+      prev = next;
+    }
+    return index_t(taps);
+  }
+
+  void build_taps() {
+    m_taps.resize(std::size_t(m_taps_count) * std::size_t(volume));
+    for (index_t t = 0; t < m_taps_count; ++t) {
+      const typename Lat::coord_type delta = tap_offset(t);
+      for (index_t site = 0; site < volume; ++site) {
+        index_t n = site;
+        for (index_t d = 0; d < rank; ++d) n = Lat::shift(n, d, delta[std::size_t(d)]);
+        m_taps[std::size_t(t) * std::size_t(volume) + std::size_t(Order::template storage_index<Lat>(site))] =
+            Order::template storage_index<Lat>(n);
+      }
+    }
+  }
+
+  void require_size(std::size_t got, const char* where, const char* name) const {
+    if (got != m_num_params)
+      throw ShapeError(detail::concat(where, ": ", name, ".size() = ", got, " but num_params() = ", m_num_params));
+  }
+  static void require_channels(index_t got, index_t want, const char* where, const char* field, const char* name) {
+    if (got != want)
+      throw ShapeError(detail::concat(where, ": ", field, " has ", got, " channels per site but ", name, " = ", want));
+  }
+  static void require_batch(index_t got, index_t want, const char* where, const char* a, const char* b) {
+    if (got != want)
+      throw ShapeError(detail::concat(where, ": batch sizes differ (", a, ": ", got, ", ", b, ": ", want, ")"));
+  }
+
+  /// Lays out ws for this network and batch; allocates only when a size changes.
+  void prepare(Workspace& ws, index_t batch, index_t stride) const {
+    const std::size_t site_lanes = std::size_t(volume) * std::size_t(stride);
+    const std::size_t hidden = m_channels.size() - 2;
+    index_t max_c = 0, max_w = 0;
+    for (index_t l = 0; l < num_layers(); ++l) {
+      max_c = std::max({max_c, in_channels(l), out_channels(l)});
+      max_w = std::max(max_w, in_channels(l) * out_channels(l) * m_taps_count);
+    }
+    ws.m_batch = batch;
+    ws.m_stride = stride;
+    if (ws.m_channels != m_channels) ws.m_channels = m_channels;
+    ws.m_x.resize(site_lanes * std::size_t(m_config.in_channels));
+    ws.m_z.resize(hidden);
+    ws.m_h.resize(m_config.activation == Activation::none ? 0 : hidden);
+    for (std::size_t l = 0; l < hidden; ++l) {
+      ws.m_z[l].resize(site_lanes * std::size_t(m_channels[l + 1]));
+      if (m_config.activation != Activation::none) ws.m_h[l].resize(site_lanes * std::size_t(m_channels[l + 1]));
+    }
+    ws.m_g0.resize(site_lanes * std::size_t(max_c));
+    ws.m_g1.resize(site_lanes * std::size_t(max_c));
+    ws.m_wt.resize(std::size_t(max_w));
+  }
+
+  /// dst = src in the real lanes b < batch, 0 in the padding lanes (same layout, c channels).
+  template <class Exec>
+  static void copy_real_lanes(Exec exec, const T* src, T* dst, index_t c, index_t batch, index_t stride) {
+    exec::parallel_for(exec, volume, [=](offset_t s) {
+      for (offset_t k = s * c; k < (s + 1) * c; ++k) {
+        std::copy_n(src + k * stride, batch, dst + k * stride);
+        std::fill(dst + k * stride + batch, dst + (k + 1) * stride, T(0));
+      }
+    });
+  }
+
+  detail::ConvKernelArgs<T> layer_args(std::span<const T> params, index_t l, const T* in, index_t stride) const {
+    return {in,
+            params.data() + weight_offset(l),
+            m_config.bias ? params.data() + bias_offset(l) : nullptr,
+            m_taps.data(),
+            in_channels(l),
+            out_channels(l),
+            m_taps_count,
+            volume,
+            stride};
+  }
+
+  /// The activation a^{l+1} = f(z^l) of hidden layer l, the input of convolution l + 1.
+  const T* layer_output(const Workspace& ws, index_t l) const noexcept {
+    return m_config.activation == Activation::none ? ws.m_z[std::size_t(l)].data() : ws.m_h[std::size_t(l)].data();
+  }
+
+  static constexpr index_t max_channels = index_t(1) << 16;
+  static constexpr std::int64_t max_tap_entries = std::int64_t(1) << 28;
+
+  ConvNetConfig m_config;
+  index_t m_taps_count = 1;          // K = kernel_size^rank
+  std::vector<index_t> m_channels;   // in, hidden..., out
+  std::vector<std::size_t> m_weight_offset;
+  std::size_t m_num_params = 0;
+  std::vector<index_t> m_taps;       // [t][storage position]: storage position of site + delta_t
+};
+
+}  // namespace normflow
