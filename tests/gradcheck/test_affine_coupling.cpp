@@ -7,6 +7,7 @@
 #include "support/layer_checks.hpp"
 #include <normflow/flow/flow.hpp>
 #include <normflow/layer/coupling.hpp>
+#include <normflow/layer/module_list.hpp>
 
 using namespace normflow;
 
@@ -68,4 +69,39 @@ TEST_CASE("Affine flow symmetries: Z2-equivariant without bias, commutes with tr
     for (index_t b = 0; b < 3; ++b)
       CHECK(ys.at_site(Lat::shift(site, 1, 2), 0, b) == doctest::Approx(y.at_site(site, 0, b)).epsilon(1e-12));
   for (index_t b = 0; b < 3; ++b) CHECK(lds[b] == doctest::Approx(ld[b]).epsilon(1e-12));
+}
+
+TEST_CASE("ModuleList_ of mixed layers satisfies the layer contract") {
+  using F = Field<Lattice<4, 4>, double>;
+  ModuleList_<F> net;
+  net.append<Affine_>().append<AffineCoupling_<ConvNet<Hidden<4>>>>().append<AffineCoupling_<ConvNet<Hidden<4>>>>();
+  net.push_back(Tanh_::bind<F>{}).append<AdditiveCoupling_<ConvNet<Hidden<3>>>>();
+  CHECK(net.size() == 5);
+  CHECK(net.num_params() == 2 + 2 * (36 + 72) + 0 + (27 + 27));
+  test::check_layer(net);
+  // the same layers in a compile-time Chain give the same output
+  using C = chain_t<Sequence<Affine_, AffineCoupling_<ConvNet<Hidden<4>>>, AffineCoupling_<ConvNet<Hidden<4>>>, Tanh_,
+                             AdditiveCoupling_<ConvNet<Hidden<3>>>>,
+                    F>;
+  const C chain;
+  REQUIRE(chain.num_params() == net.num_params());
+  std::vector<double> p(net.num_params());
+  net.init_params(std::span<double>(p), 5);
+  std::vector<double> p2(chain.num_params());
+  chain.init_params(std::span<double>(p2), 5);
+  CHECK(p == p2);
+  F x(2), y1(2), y2(2);
+  for (index_t s = 0; s < 16; ++s) x(s, 0) = 0.1 * s, x(s, 1) = -0.05 * s;
+  std::vector<double> l1(2, 0.0), l2(2, 0.0);
+  ModuleList_<F>::tape_type t1;
+  C::tape_type t2;
+  net.forward(std::span<const double>(p), x, y1, std::span<double>(l1), t1);
+  chain.forward(std::span<const double>(p2), x, y2, std::span<double>(l2), t2);
+  CHECK(test::max_abs_diff(y1, y2) == 0.0);
+  CHECK(l1 == l2);
+  F g(2);
+  std::vector<double> gl(2, 1.0), gp(net.num_params());
+  ModuleList_<F>::tape_type fresh;
+  CHECK_THROWS_AS(net.backward(std::span<const double>(p), fresh, x, std::span<const double>(gl), g, std::span<double>(gp)),
+                  ShapeError);
 }
