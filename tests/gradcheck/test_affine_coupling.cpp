@@ -8,6 +8,7 @@
 #include <normflow/flow/flow.hpp>
 #include <normflow/layer/coupling.hpp>
 #include <normflow/layer/module_list.hpp>
+#include <normflow/layer/dist_convertor_layer.hpp>
 
 using namespace normflow;
 
@@ -104,4 +105,42 @@ TEST_CASE("ModuleList_ of mixed layers satisfies the layer contract") {
   ModuleList_<F>::tape_type fresh;
   CHECK_THROWS_AS(net.backward(std::span<const double>(p), fresh, x, std::span<const double>(gl), g, std::span<double>(gp)),
                   ShapeError);
+}
+
+TEST_CASE("Float flows agree with double flows to 1e-5") {
+  using Lat = Lattice<8, 8>;
+  auto compare = [](auto& fd, auto& ff) {
+    for (std::size_t k = 0; k < fd.params().size(); ++k) ff.params()[k] = float(fd.params()[k]);
+    std::mt19937_64 rng(9);
+    std::normal_distribution<double> normal;
+    typename std::remove_reference_t<decltype(fd)>::field_type xd(20);
+    typename std::remove_reference_t<decltype(ff)>::field_type xf(20);
+    for (index_t s = 0; s < Lat::volume; ++s)
+      for (index_t b = 0; b < 20; ++b) {
+        xf(s, b) = float(normal(rng));
+        xd(s, b) = double(xf(s, b));
+      }
+    const auto rd = fd.forward(xd);
+    const auto rf = ff.forward(xf);
+    double max_rel = 0, max_rel_ld = 0;
+    for (index_t s = 0; s < Lat::volume; ++s)
+      for (index_t b = 0; b < 20; ++b)
+        max_rel = std::max(max_rel, std::abs(double(rf.y(s, b)) - rd.y(s, b)) / std::max(1.0, std::abs(rd.y(s, b))));
+    for (index_t b = 0; b < 20; ++b)
+      max_rel_ld = std::max(max_rel_ld, std::abs(double(rf.log_det[b]) - rd.log_det[b]) / std::max(1.0, std::abs(rd.log_det[b])));
+    CAPTURE(max_rel);
+    CAPTURE(max_rel_ld);
+    CHECK(max_rel < 1e-5);
+    CHECK(max_rel_ld < 1e-5);
+  };
+  {
+    Flow<Repeat<16, AffineCoupling_<>>, Lat, double> fd(4);
+    Flow<Repeat<16, AffineCoupling_<>>, Lat, float> ff(4);
+    compare(fd, ff);
+  }
+  {
+    Flow<Repeat<4, RQSplineCoupling_<5>>, Lat, double> fd(4);
+    Flow<Repeat<4, RQSplineCoupling_<5>>, Lat, float> ff(4);
+    compare(fd, ff);
+  }
 }

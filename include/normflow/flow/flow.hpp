@@ -15,6 +15,7 @@
 ///   from 1 up to n (the adjoint of x = f_1^{-1} o ... o f_n^{-1}(y) propagates a cotangent from x
 ///   to y), which is also the forward-mode path-gradient recursion of arXiv:2403.15881.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <span>
@@ -239,38 +240,26 @@ struct FlowOutput {
   std::vector<typename F::value_type> log_det;
 };
 
-/// A normalizing flow: the layers of Spec bound to scalar fields on Lat, with its parameters and
-/// gradients in flat contiguous storage (an optimiser walks them without knowing the layers).
-///   Flow<Repeat<16, AffineCoupling_<ConvNet<Hidden<8, 8>>>>, Lattice<8, 8>> net_;
-///   auto [y, log_det] = net_.forward(x);
-/// \tparam Spec  a layer spec, Sequence<...> or Repeat<N, ...>
-/// \tparam Lat   the lattice
-/// \tparam T     float (default, as the reference) or double
-/// \tparam Order site order of the fields
-template <class Spec, class Lat, class T = float, class Order = default_order_t<Lat>>
-class Flow {
-  static_assert(is_lattice_v<Lat>,
-                "Flow<Spec, Lat>: the second argument must be a normflow::Lattice, e.g. "
-                "Flow<Coupling<Spline<10>>, Lattice<8, 8>>");
-  static_assert(is_layer_spec_v<Spec>,
-                "Flow<Spec, Lat>: the first argument must be a layer (AffineCoupling_<...>, Affine_, ...) "
-                "or a Sequence<...>/Repeat<N, ...> of layers");
-
+/// A layer (any Module_) together with its parameters and gradients in flat contiguous storage:
+/// the `net_` of a Model. An optimiser walks params() and grads() without knowing the layers.
+template <Module_ L>
+class Parametrized {
  public:
-  using field_type = Field<Lat, T, Scalar, Order>;
-  using value_type = T;
-  using lattice = Lat;
-  using chain_type = chain_t<Spec, field_type>;
-  using tape_type = typename chain_type::tape_type;
+  using layer_type = L;
+  using field_type = typename L::field_type;
+  using value_type = typename L::value_type;
+  using T = value_type;
+  using tape_type = typename L::tape_type;
   using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
 
-  /// Builds the layers and initialises the parameters with the reference's defaults from `seed`.
-  explicit Flow(std::uint64_t seed = 0) : m_params(m_chain.num_params()), m_grads(m_chain.num_params()) {
+  /// Takes the layer and initialises its parameters with the reference's defaults from `seed`.
+  explicit Parametrized(L layer, std::uint64_t seed = 0)
+      : m_layer(std::move(layer)), m_params(m_layer.num_params()), m_grads(m_layer.num_params()) {
     init(seed);
   }
 
-  const chain_type& chain() const noexcept { return m_chain; }
-  std::size_t num_params() const noexcept { return m_chain.num_params(); }
+  const L& layer() const noexcept { return m_layer; }
+  std::size_t num_params() const noexcept { return m_layer.num_params(); }
   /// Parameter count (the reference's `npar`).
   std::size_t npar() const noexcept { return num_params(); }
   std::span<T> params() noexcept { return {m_params.data(), m_params.size()}; }
@@ -279,27 +268,27 @@ class Flow {
   std::span<const T> grads() const noexcept { return {m_grads.data(), m_grads.size()}; }
   void zero_grads() noexcept { std::fill(m_grads.begin(), m_grads.end(), T(0)); }
   /// Re-initialises every parameter from `seed`.
-  void init(std::uint64_t seed) { m_chain.init_params(params(), seed); }
+  void init(std::uint64_t seed) { m_layer.init_params(params(), seed); }
 
   /// y = f(x), log_det[b] += log|det f'|; the tape keeps what the adjoints need.
   template <exec::Policy Exec = exec::HostDefault>
   void forward(const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape, Exec exec = {}) const {
-    m_chain.forward(params(), x, y, log_det, tape, exec);
+    m_layer.forward(params(), x, y, log_det, tape, exec);
   }
   template <exec::Policy Exec = exec::HostDefault>
   void reverse(const field_type& y, field_type& x, std::span<T> log_det, tape_type& tape, Exec exec = {}) const {
-    m_chain.reverse(params(), y, x, log_det, tape, exec);
+    m_layer.reverse(params(), y, x, log_det, tape, exec);
   }
   /// Adjoint of forward; adds the parameter gradient into grads().
   template <exec::Policy Exec = exec::HostDefault>
   void backward(tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx, Exec exec = {}) {
-    m_chain.backward(params(), tape, gy, gl, gx, grads(), exec);
+    m_layer.backward(params(), tape, gy, gl, gx, grads(), exec);
   }
   /// Adjoint of reverse; adds the parameter gradient into grads() if `param_grads`.
   template <exec::Policy Exec = exec::HostDefault>
   void reverse_backward(tape_type& tape, const field_type& gx, std::span<const T> gl, field_type& gy,
                         bool param_grads = true, Exec exec = {}) {
-    m_chain.reverse_backward(params(), tape, gx, gl, gy, param_grads ? grads() : std::span<T>{}, exec);
+    m_layer.reverse_backward(params(), tape, gx, gl, gy, param_grads ? grads() : std::span<T>{}, exec);
   }
 
   /// Allocating forward: {y, log_det} with log_det starting at 0.
@@ -318,8 +307,36 @@ class Flow {
   }
 
  private:
-  chain_type m_chain{0};
+  L m_layer;
   buffer m_params, m_grads;
+};
+
+/// A normalizing flow: the layers of Spec bound to scalar fields on Lat, with its parameters and
+/// gradients in flat contiguous storage.
+///   Flow<Repeat<16, AffineCoupling_<ConvNet<Hidden<8, 8>>>>, Lattice<8, 8>> net_;
+///   auto [y, log_det] = net_.forward(x);
+/// \tparam Spec  a layer spec, Sequence<...> or Repeat<N, ...>
+/// \tparam Lat   the lattice
+/// \tparam T     float (default, as the reference) or double
+/// \tparam Order site order of the fields
+template <class Spec, class Lat, class T = float, class Order = default_order_t<Lat>>
+class Flow : public Parametrized<chain_t<Spec, Field<Lat, T, Scalar, Order>>> {
+  static_assert(is_lattice_v<Lat>,
+                "Flow<Spec, Lat>: the second argument must be a normflow::Lattice, e.g. "
+                "Flow<Coupling<Spline<10>>, Lattice<8, 8>>");
+  static_assert(is_layer_spec_v<Spec>,
+                "Flow<Spec, Lat>: the first argument must be a layer (AffineCoupling_<...>, Affine_, ...) "
+                "or a Sequence<...>/Repeat<N, ...> of layers");
+  using base = Parametrized<chain_t<Spec, Field<Lat, T, Scalar, Order>>>;
+
+ public:
+  using chain_type = chain_t<Spec, Field<Lat, T, Scalar, Order>>;
+  using lattice = Lat;
+
+  /// Builds the layers and initialises the parameters with the reference's defaults from `seed`.
+  explicit Flow(std::uint64_t seed = 0) : base(chain_type(0), seed) {}
+
+  const chain_type& chain() const noexcept { return this->layer(); }
 };
 
 }  // namespace normflow

@@ -32,6 +32,7 @@
 #include <normflow/layer/module.hpp>
 #include <normflow/simd/pack.hpp>
 #include <normflow/transform/coupling_transforms.hpp>
+#include <normflow/transform/rq_spline.hpp>
 
 namespace normflow {
 
@@ -273,5 +274,72 @@ struct AdditiveCoupling_ {
   template <class F>
   using bind = CouplingLayer<Additive, NetSpec, F>;
 };
+
+/// Spline options of the reference's 8x8 spline coupling (6.5): knots on xlim = ylim = (0, 2),
+/// 'anti' reflection on the left and linear tails on the right, i.e. an odd spline on [-2, 2]
+/// with linear tails (the identity at zero weights).
+struct OddSplineLinearTails {
+  template <index_t K>
+  static RQSpline<K> make() {
+    RQSpline<K> s{};
+    s.xlim[0] = s.ylim[0] = 0.0;
+    s.xlim[1] = s.ylim[1] = 2.0;
+    s.left = Extrapolation::anti;
+    s.right = Extrapolation::linear;
+    return s;
+  }
+};
+/// The non-symmetric variant: knots on (-2, 2), linear tails on both sides.
+struct SplineLinearTails {
+  template <index_t K>
+  static RQSpline<K> make() {
+    RQSpline<K> s{};
+    s.xlim[0] = s.ylim[0] = -2.0;
+    s.xlim[1] = s.ylim[1] = 2.0;
+    s.left = s.right = Extrapolation::linear;
+    return s;
+  }
+};
+
+/// Layer spec: the reference's RQSplineCoupling_, a per-site rational-quadratic spline with
+/// `Knots` knots whose 3 Knots - 2 raw weights come from net(x_f) (13 channels for 5 knots).
+/// \tparam Opt spline options: a type with `template <index_t K> static RQSpline<K> make()`
+template <index_t Knots, class NetSpec = ConvNet<>, class Opt = OddSplineLinearTails>
+struct RQSplineCoupling_ {
+  template <class F>
+  struct bind : CouplingLayer<RQSpline<Knots>, NetSpec, F> {
+    explicit bind(index_t layer_index = 0) : CouplingLayer<RQSpline<Knots>, NetSpec, F>(layer_index, make()) {}
+
+   private:
+    static RQSpline<Knots> make() {
+      RQSpline<Knots> s = Opt::template make<Knots>();
+      s.validate();
+      return s;
+    }
+  };
+};
+
+/// Tag for Coupling<...>: a spline coupling with Knots knots.
+template <index_t Knots>
+struct Spline {
+  static_assert(Knots >= 2, "Spline<Knots>: a spline needs at least 2 knots, e.g. Coupling<Spline<10>>");
+};
+
+/// Short spellings with the default conditioner ConvNet<> (1 -> 8 -> 8 -> out, kernel 3, tanh,
+/// no bias): Coupling<Affine> (the reference AffineCoupling_), Coupling<Additive>,
+/// Coupling<Spline<10>> (RQSplineCoupling_ with 10 knots).
+template <class Kind, class NetSpec = ConvNet<>>
+struct Coupling {
+  static_assert(sizeof(Kind) == 0,
+                "Coupling<Kind>: Kind must be Affine, Additive or Spline<Knots>, e.g. Coupling<Spline<10>>");
+};
+template <class NetSpec>
+struct Coupling<Affine, NetSpec> : AffineCoupling_<NetSpec> {};
+template <class NetSpec>
+struct Coupling<AffineContraction, NetSpec> : AffineCoupling_<NetSpec> {};
+template <class NetSpec>
+struct Coupling<Additive, NetSpec> : AdditiveCoupling_<NetSpec> {};
+template <index_t K, class NetSpec>
+struct Coupling<Spline<K>, NetSpec> : RQSplineCoupling_<K, NetSpec> {};
 
 }  // namespace normflow

@@ -8,7 +8,17 @@
 
 #include <type_traits>
 
+// GCC 12 reports -W(maybe-)uninitialized false positives inside its own AVX-512 intrinsics when
+// xsimd's exp/log/tanh are inlined; silence them for xsimd only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <normflow/config.hpp>
 #include <normflow/lattice/lattice.hpp>

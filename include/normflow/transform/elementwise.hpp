@@ -6,14 +6,17 @@
 /// Maths. Each transform maps one real x to y = f(x) with log_jac = log|f'(x)|; reverse maps y back
 /// with log|(f^{-1})'(y)| = -log|f'(x)|. The adjoints use L with dL/dy = gy, dL/dlog_jac = gl:
 ///   backward:         gx = gy f'(x) + gl (log f')'(x),            gp += gy df/dp + gl dlog f'/dp
-///   reverse_backward: gy = gx (f^{-1})'(y) + gl dlog(f^{-1})'/dy,  gp likewise for x(y) and its log_jac.
+///   reverse_backward: gy = gx (f^{-1})'(y) + gl dlog(f^{-1})'/dy,
+///                     gp likewise for x(y) and its log_jac.
 ///
 /// Identity: y = x, log_jac = 0.
-/// Affine  (params (w_s, w_b)): a = softplus(w_s), a' = da/dw_s = sigmoid(ln2 w_s) (1 when ln2 w_s > 20),
+/// Affine  (params (w_s, w_b)): a = softplus(w_s),
+///   a' = da/dw_s = sigmoid(ln2 w_s) (1 when ln2 w_s > 20),
 ///   y = a x + w_b,            log_jac = log a,
 ///   x = (y - w_b) / a,        log_jac_inv = -log a,
 ///   dy/dx = a, dy/dw_s = x a', dy/dw_b = 1, dlog_jac/dw_s = a'/a;
-///   dx/dy = 1/a, dx/dw_b = -1/a, dx/da = -x/a, dlog_jac_inv/da = -1/a.  Zero weights: a = 1, identity.
+///   dx/dy = 1/a, dx/dw_b = -1/a, dx/da = -x/a, dlog_jac_inv/da = -1/a.
+///   Zero weights: a = 1, the identity.
 /// Tanh: y = tanh x,           log_jac = -2 log cosh x = -2|x| - 2 log1p(e^{-2|x|}) + 2 ln 2,
 ///   dy/dx = 1 - y^2, dlog_jac/dx = -2 tanh x = -2y;
 ///   x = atanh y,              log_jac_inv = -log(1 - y^2) = -log1p(-y) - log1p(y),
@@ -108,8 +111,7 @@ struct Tanh {
     const V two = math::constant<V>(2);
     const V ax = math::abs(x);
     // -2 log cosh x without overflow: log cosh x = |x| + log1p(e^{-2|x|}) - ln 2.
-    const V log_jac =
-        two * (math::constant<V>(math::ln2) - ax - math::log1p(math::exp(-two * ax)));
+    const V log_jac = two * (math::constant<V>(math::ln2) - ax - math::log1p(math::exp(-two * ax)));
     return {math::tanh(x), log_jac};
   }
   template <class V>
