@@ -13,6 +13,7 @@
 #include <functional>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Dense>
@@ -112,12 +113,15 @@ void check_layer(const Layer& layer, LayerCheckOptions o = {}) {
   for (double& v : gl) v = normal(rng);
   for (double& v : vp) v = normal(rng);
 
+  // directions: x (or y) only, parameters only, both at once
+  const std::pair<double, double> directions[] = {{1.0, 0.0}, {0.0, 1.0}, {1.0, 1.0}};
+  double cx = 1, cp = 1;
   auto loss_forward = [&](double h) {
     F xh = x;
     for (index_t s = 0; s < F::volume; ++s)
-      for (index_t b = 0; b < B; ++b) xh(s, b) += h * vx(s, b);
+      for (index_t b = 0; b < B; ++b) xh(s, b) += h * cx * vx(s, b);
     std::vector<double> ph = p;
-    for (std::size_t k = 0; k < P; ++k) ph[k] += h * vp[k];
+    for (std::size_t k = 0; k < P; ++k) ph[k] += h * cp * vp[k];
     F yh(B);
     std::vector<double> ld;
     run_forward(xh, ph, yh, ld);
@@ -125,13 +129,17 @@ void check_layer(const Layer& layer, LayerCheckOptions o = {}) {
     for (index_t b = 0; b < B; ++b) loss += gl[b] * ld[b];
     return loss;
   };
-  {
+  for (const auto& [dx, dp] : directions) {
+    if (P == 0 && dp != 0) continue;
+    cx = dx, cp = dp;
+    CAPTURE(cx);
+    CAPTURE(cp);
     F y1(B), gx(B);
     std::vector<double> ld(std::size_t(B), 0.0), gp(P, 0.0);
     layer.forward(std::span<const double>(p), x, y1, std::span<double>(ld), tape);
     layer.backward(std::span<const double>(p), tape, gy, std::span<const double>(gl), gx, std::span<double>(gp));
-    double analytic = dot(gx, vx);
-    for (std::size_t k = 0; k < P; ++k) analytic += gp[k] * vp[k];
+    double analytic = cx * dot(gx, vx);
+    for (std::size_t k = 0; k < P; ++k) analytic += cp * gp[k] * vp[k];
     const double numeric = richardson(loss_forward);
     CAPTURE(analytic);
     CAPTURE(numeric);
@@ -146,9 +154,9 @@ void check_layer(const Layer& layer, LayerCheckOptions o = {}) {
   auto loss_reverse = [&](double h) {
     F yh = y;
     for (index_t s = 0; s < F::volume; ++s)
-      for (index_t b = 0; b < B; ++b) yh(s, b) += h * vy(s, b);
+      for (index_t b = 0; b < B; ++b) yh(s, b) += h * cx * vy(s, b);
     std::vector<double> ph = p;
-    for (std::size_t k = 0; k < P; ++k) ph[k] += h * vp[k];
+    for (std::size_t k = 0; k < P; ++k) ph[k] += h * cp * vp[k];
     F xh(B);
     std::vector<double> ld;
     run_reverse(yh, ph, xh, ld);
@@ -156,7 +164,12 @@ void check_layer(const Layer& layer, LayerCheckOptions o = {}) {
     for (index_t b = 0; b < B; ++b) loss += gl[b] * ld[b];
     return loss;
   };
-  for (bool tape_from_forward : {true, false}) {
+  for (bool tape_from_forward : {true, false})
+  for (const auto& [dx, dp] : directions) {
+    if (P == 0 && dp != 0) continue;
+    cx = dx, cp = dp;
+    CAPTURE(cx);
+    CAPTURE(cp);
     CAPTURE(tape_from_forward);
     typename Layer::tape_type t;
     F tmp(B), gyr(B);
@@ -167,8 +180,8 @@ void check_layer(const Layer& layer, LayerCheckOptions o = {}) {
       layer.reverse(std::span<const double>(p), y, tmp, std::span<double>(ld), t);
     layer.reverse_backward(std::span<const double>(p), t, gxr, std::span<const double>(gl), gyr,
                            std::span<double>(gp));
-    double analytic = dot(gyr, vy);
-    for (std::size_t k = 0; k < P; ++k) analytic += gp[k] * vp[k];
+    double analytic = cx * dot(gyr, vy);
+    for (std::size_t k = 0; k < P; ++k) analytic += cp * gp[k] * vp[k];
     const double numeric = richardson(loss_reverse);
     CAPTURE(analytic);
     CAPTURE(numeric);
