@@ -32,3 +32,4 @@
 #include <normflow/layer/dist_convertor_layer.hpp>
 #include <normflow/layer/module_list.hpp>
 #include <normflow/flow/flow.hpp>
+#include <normflow/model.hpp>

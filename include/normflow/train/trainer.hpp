@@ -1,0 +1,261 @@
+// SPDX-License-Identifier: MIT
+// normflow: normalizing flows for lattice field theory (header-only C++20).
+#pragma once
+/// \file Trainer<Model>: self-training of the flow without data (reference 4.1, 4.3, 8.2).
+///
+/// One epoch = one AdamW step on a fresh prior batch of B samples:
+///   x ~ r,  y = f(x),  log q = log r(x) - log|det f'(x)|,  log p = -S(y)
+///   (alpha annealing: log p = -alpha S(y) + (1 - alpha) log r(y))
+///   L = loss(log q, log p),  a_b = dL/dlogq_b,  c_b = dL/dlogp_b
+/// Gradient estimators (both through the layers' hand-derived adjoints):
+///   total gradient (path_gradient = false): the exact derivative of L(theta) at fixed x,
+///     dL/dtheta = backward(gy_b = c_b grad log p(y_b), gl_b = -a_b)
+///   path gradient (default; Vaitl et al., arXiv:2207.08219): drops the score term
+///     d/dtheta log q_theta(y)|_y, whose expectation vanishes:
+///     dL/dtheta = backward(gy_b = a_b g_b + c_b grad log p(y_b), gl_b = 0),
+///     g = grad_y log q(y) from the forward-mode recursion g_0 = grad log r(x),
+///     g_k = reverse_backward_k(g_{k-1}, gl = 1) (arXiv:2403.15881; see layer/module.hpp).
+///     When q = p the cotangent a_b g_b + c_b grad log p vanishes sample by sample.
+/// Then optional clipping of the total gradient norm, an AdamW step, the scheduler step.
+/// A non-finite loss stops training with TrainingError naming the epoch, before any update.
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <numbers>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <normflow/diagnostics/metrics.hpp>
+#include <normflow/errors.hpp>
+#include <normflow/field/field.hpp>
+#include <normflow/train/adamw.hpp>
+#include <normflow/train/loss.hpp>
+
+namespace normflow {
+
+/// Training stopped (a non-finite loss); the message names the epoch.
+struct TrainingError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Learning-rate schedule, stepped once per epoch.
+enum class Scheduler {
+  none,    ///< constant lr
+  cosine,  ///< cosine annealing to 0 over T_max = int(1.01 n_epochs + 1) epochs (the reference's)
+};
+
+/// When to print the live progress line (to stderr).
+enum class Progress { automatic, always, never };
+
+/// The options of Trainer::run_training (designated initializers, in this order).
+struct TrainConfig {
+  long long n_epochs = 1000;      ///< optimiser steps, each on a fresh batch
+  long long batch_size = 128;     ///< samples per step
+  double lr = 1e-3;               ///< AdamW learning rate
+  double weight_decay = 1e-2;     ///< AdamW decoupled weight decay
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  Scheduler scheduler = Scheduler::none;
+  bool path_gradient = true;      ///< path gradient (default) or the plain total gradient
+  LossFunction loss_fn = Losses::kl_mean;  ///< reverse KL by default; Losses::minus_log_ess; any callable
+  bool clip_grad_norm = false;    ///< clip the total gradient norm to max_grad_norm
+  double max_grad_norm = 1.0;
+  long long alpha_tmax = 0;       ///< > 0: anneal alpha from 0 to 1 over alpha_tmax epochs
+  std::vector<ParamGroup> groups = {};  ///< per-group AdamW hyper-parameters (empty: one group)
+  std::string csv_path = {};      ///< metrics CSV (epoch, loss, ess, logp, lr, seconds); empty: none
+  Progress progress = Progress::automatic;
+  std::function<void(long long epoch)> on_epoch = {};  ///< called after every epoch (checkpoints, ...)
+};
+
+/// One row of the training history.
+struct EpochRecord {
+  long long epoch;
+  double loss, ess, logp, lr, seconds;
+};
+
+template <class M>
+class Trainer {
+ public:
+  using field_type = typename M::field_type;
+  using T = typename field_type::value_type;
+
+  explicit Trainer(M& model) noexcept : m_model(model) {}
+
+  /// Runs n_epochs optimiser steps (the epoch counter carries over between calls; the optimiser
+  /// is rebuilt on every call, as the reference does, unless restore_optimizer was called).
+  void run_training(const TrainConfig& c) {
+    validate(c);
+    const index_t B = index_t(c.batch_size);
+    const std::size_t P = m_model.net_.num_params();
+    AdamWHyper h{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay};
+    std::vector<ParamGroup> groups = c.groups;
+    if (groups.empty()) groups.push_back({0, P, h});
+    if (!m_keep_optimizer) m_opt = AdamW(P, groups);
+    m_keep_optimizer = false;
+    Buffers buf(B);
+    const long long t_max = (long long)(1.01 * double(c.n_epochs) + 1);
+    const bool show = c.progress == Progress::always || (c.progress == Progress::automatic && isatty(fileno(stderr)));
+    std::ofstream csv;
+    if (!c.csv_path.empty()) {
+      csv.open(c.csv_path, std::ios::out | std::ios::trunc);
+      if (!csv) throw std::runtime_error("run_training: cannot write the metrics CSV '" + c.csv_path + "'");
+      csv << "epoch,loss,ess,logp,lr,seconds\n";
+    }
+    double alpha = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto last_print = t0;
+    for (long long e = 0; e < c.n_epochs; ++e) {
+      const long long epoch = ++m_epoch;
+      const double lr_scale = c.scheduler == Scheduler::cosine
+                                  ? 0.5 * (1 + std::cos(std::numbers::pi * double(e) / double(t_max)))
+                                  : 1.0;
+      const double a = c.alpha_tmax > 0 ? alpha : 1.0;
+      const auto [loss, ess, logp_mean] = step(c, a, buf);
+      m_opt.step(m_model.net_.params(), std::span<const T>(m_model.net_.grads()), lr_scale);
+      if (c.alpha_tmax > 0) alpha = std::min(1.0, alpha + 1.0 / double(c.alpha_tmax));
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const EpochRecord rec{epoch, loss, ess, logp_mean, c.lr * lr_scale, secs};
+      m_history.push_back(rec);
+      if (csv) {
+        char line[256];
+        std::snprintf(line, sizeof line, "%lld,%.17g,%.17g,%.17g,%.17g,%.3f\n", rec.epoch, rec.loss, rec.ess, rec.logp,
+                      rec.lr, rec.seconds);
+        csv << line;
+      }
+      if (show) {
+        const auto now = std::chrono::steady_clock::now();
+        if (e + 1 == c.n_epochs || now - last_print > std::chrono::milliseconds(100)) {
+          last_print = now;
+          const double rate = double(e + 1) / std::max(secs, 1e-9);
+          std::fprintf(stderr, "\repoch %lld/%lld  loss %.4f  ess %.3f  %.0f epochs/s  %.0fs left   ", e + 1, c.n_epochs,
+                       loss, ess, rate, double(c.n_epochs - e - 1) / rate);
+          if (e + 1 == c.n_epochs) std::fprintf(stderr, "\n");
+        }
+      }
+      if (c.on_epoch) c.on_epoch(epoch);
+    }
+    if (csv) {
+      csv.flush();
+      if (!csv) throw std::runtime_error("run_training: writing the metrics CSV '" + c.csv_path + "' failed");
+    }
+  }
+
+  /// Epochs trained so far (carried across run_training calls).
+  long long current_epoch() const noexcept { return m_epoch; }
+  void set_current_epoch(long long e) noexcept { m_epoch = e; }
+  const std::vector<EpochRecord>& history() const noexcept { return m_history; }
+  AdamW& optimizer() noexcept { return m_opt; }
+  /// Keep the optimiser state (e.g. loaded from a checkpoint) for the next run_training call.
+  void restore_optimizer(AdamW opt) {
+    m_opt = std::move(opt);
+    m_keep_optimizer = true;
+  }
+
+  /// Fills the net's gradients for one batch x (log r given) and returns {loss, ess, mean log p}.
+  /// Exposed for tests of the estimators; run_training calls it once per epoch.
+  struct StepResult {
+    double loss, ess, logp_mean;
+  };
+  struct Buffers {
+    explicit Buffers(index_t B)
+        : x(B), y(B), g(B), gy(B), gx(B), force(B), logr(std::size_t(B)), logj(std::size_t(B)), s(std::size_t(B)),
+          logq(std::size_t(B)), logp(std::size_t(B)), dq(std::size_t(B)), dp(std::size_t(B)), gl(std::size_t(B)) {}
+    field_type x, y, g, gy, gx, force;
+    std::vector<T> logr, logj, s;
+    std::vector<double> logq, logp, dq, dp;
+    std::vector<T> gl;
+    typename M::net_type::tape_type tape;
+  };
+  StepResult step(const TrainConfig& c, double alpha, Buffers& buf, bool draw = true) {
+    auto& net = m_model.net_;
+    auto& prior = m_model.prior;
+    const index_t B = buf.x.batch();
+    if (draw) prior.sample_into(buf.x);
+    prior.log_prob(buf.x, std::span<T>(buf.logr));
+    std::fill(buf.logj.begin(), buf.logj.end(), T(0));
+    net.forward(buf.x, buf.y, std::span<T>(buf.logj), buf.tape);
+    m_model.action.action(buf.y, std::span<T>(buf.s));
+    // grad log p = alpha force + (1 - alpha) grad log r(y)
+    m_model.action.force(buf.y, buf.force);
+    std::vector<T> logr_y;
+    if (alpha < 1) {
+      logr_y.resize(std::size_t(B));
+      prior.log_prob(buf.y, std::span<T>(logr_y));
+      prior.grad_log_prob(buf.y, buf.gx);  // scratch
+      for (index_t s2 = 0; s2 < field_type::volume; ++s2)
+        for (index_t b = 0; b < B; ++b)
+          buf.force(s2, b) = T(alpha) * buf.force(s2, b) + T(1 - alpha) * buf.gx(s2, b);
+    }
+    for (index_t b = 0; b < B; ++b) {
+      buf.logq[std::size_t(b)] = double(buf.logr[std::size_t(b)]) - double(buf.logj[std::size_t(b)]);
+      buf.logp[std::size_t(b)] = -alpha * double(buf.s[std::size_t(b)]) +
+                                 (alpha < 1 ? (1 - alpha) * double(logr_y[std::size_t(b)]) : 0.0);
+    }
+    const double loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
+    if (!std::isfinite(loss))
+      throw TrainingError(detail::concat("run_training: the loss is ", loss, " at epoch ", m_epoch,
+                                         "; stopping (parameters and the last checkpoint are left as they were "
+                                         "before this epoch; try a smaller lr or double precision)"));
+    // cotangent on y
+    if (c.path_gradient) {
+      prior.grad_log_prob(buf.x, buf.gx);
+      std::fill(buf.gl.begin(), buf.gl.end(), T(1));
+      net.reverse_backward(buf.tape, buf.gx, std::span<const T>(buf.gl), buf.g, false);
+    }
+    for (index_t s2 = 0; s2 < field_type::volume; ++s2) {
+      T* gy = buf.gy.lanes(s2);
+      const T* f = buf.force.lanes(s2);
+      const T* g = buf.g.lanes(s2);
+      for (index_t b = 0; b < B; ++b) {
+        const T cp = T(buf.dp[std::size_t(b)]);
+        gy[b] = c.path_gradient ? T(buf.dq[std::size_t(b)]) * g[b] + cp * f[b] : cp * f[b];
+      }
+    }
+    for (index_t b = 0; b < B; ++b) buf.gl[std::size_t(b)] = c.path_gradient ? T(0) : T(-buf.dq[std::size_t(b)]);
+    net.zero_grads();
+    net.backward(buf.tape, buf.gy, std::span<const T>(buf.gl), buf.gx);
+    if (c.clip_grad_norm) {
+      double n2 = 0;
+      for (T v : net.grads()) n2 += double(v) * double(v);
+      const double norm = std::sqrt(n2);
+      if (norm > c.max_grad_norm) {
+        const T scale = T(c.max_grad_norm / (norm + 1e-6));
+        for (T& v : net.grads()) v *= scale;
+      }
+    }
+    double lp = 0;
+    for (double v : buf.logp) lp += v;
+    const double ess = Metrics::calc_ess(std::span<const double>(buf.logq), std::span<const double>(buf.logp));
+    return {loss, ess, lp / double(B)};
+  }
+
+ private:
+  static void validate(const TrainConfig& c) {
+    if (c.n_epochs < 0)
+      throw ParameterError(detail::concat("run_training: n_epochs = ", c.n_epochs, " must be >= 0"));
+    if (c.batch_size < 2 || c.batch_size >= (1ll << 24))
+      throw ParameterError(
+          detail::concat("run_training: batch_size = ", c.batch_size, " is outside the valid range [2, 2^24)"));
+    AdamW::validate({c.lr, c.beta1, c.beta2, c.eps, c.weight_decay});
+    if (c.clip_grad_norm && !(c.max_grad_norm > 0))
+      throw ParameterError(detail::concat("run_training: max_grad_norm = ", c.max_grad_norm, " must be > 0"));
+    if (c.alpha_tmax < 0)
+      throw ParameterError(detail::concat("run_training: alpha_tmax = ", c.alpha_tmax, " must be >= 0 (0: off)"));
+    if (!c.loss_fn) throw ParameterError("run_training: loss_fn is empty; give a loss such as Losses::kl_mean");
+  }
+
+  M& m_model;
+  AdamW m_opt;
+  bool m_keep_optimizer = false;
+  long long m_epoch = 0;
+  std::vector<EpochRecord> m_history;
+};
+
+}  // namespace normflow
