@@ -17,6 +17,7 @@
 #include <normflow/prior/uniform_prior.hpp>
 #include <normflow/action/scalar_phi4_action.hpp>
 #include <normflow/diagnostics/metrics.hpp>
+#include <normflow/diagnostics/jackknife.hpp>
 #include <normflow/transform/result.hpp>
 #include <normflow/transform/math.hpp>
 #include <normflow/transform/elementwise.hpp>

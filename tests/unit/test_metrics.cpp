@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include <normflow/diagnostics/jackknife.hpp>
 #include <normflow/diagnostics/metrics.hpp>
 
 using namespace normflow;
@@ -67,4 +68,24 @@ TEST_CASE("Metrics accept float inputs and reject mismatched lengths") {
   CHECK_THROWS_AS(ess(logq, three), ShapeError);
   const std::vector<double> none;
   CHECK_THROWS_AS(ess(none, none), ShapeError);
+}
+
+TEST_CASE("Binned jackknife: the mean's error equals the binned standard error; a nonlinear function") {
+  std::vector<double> v;
+  for (int i = 0; i < 1000; ++i) v.push_back(std::sin(0.37 * i) + 0.01 * i);
+  const auto j = jackknife_mean(std::span<const double>(v), 10);
+  std::vector<double> bins;
+  for (int i = 0; i < 100; ++i) {
+    double s = 0;
+    for (int k = 0; k < 10; ++k) s += v[std::size_t(10 * i + k)];
+    bins.push_back(s / 10);
+  }
+  const auto m = mean_std(bins);
+  CHECK(j.mean == doctest::Approx(m.mean).epsilon(1e-13));
+  CHECK(j.std == doctest::Approx(m.std / std::sqrt(100.0)).epsilon(1e-10));
+  // f = <x>^2: error ~ 2 |<x>| err(<x>) to first order
+  const auto sq = jackknife({std::span<const double>(v)}, 10, [](std::span<const double> mm) { return mm[0] * mm[0]; });
+  CHECK(sq.mean == doctest::Approx(m.mean * m.mean).epsilon(1e-12));
+  CHECK(sq.std == doctest::Approx(2 * std::abs(m.mean) * j.std).epsilon(0.02));
+  CHECK_THROWS_AS(jackknife_mean(std::span<const double>(v), 600), ParameterError);
 }

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <normflow/config.hpp>
@@ -162,6 +163,11 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
   explicit CouplingLayer(index_t layer_index = 0, Tr tr = Tr{})
       : m_parity(layer_index % 2), m_tr(tr), m_net(NetSpec::config(1, channels)) {}
 
+  /// With a runtime conditioner architecture (hidden channels, kernel, activation, bias); its
+  /// input and output channel counts are set here (1 and Tr::num_params).
+  CouplingLayer(index_t layer_index, Tr tr, ConvNetConfig net)
+      : m_parity(layer_index % 2), m_tr(tr), m_net(with_channels(std::move(net))) {}
+
   index_t parity() const noexcept { return m_parity; }
   const net_type& net() const noexcept { return m_net; }
   std::size_t num_params() const noexcept { return m_net.num_params(); }
@@ -190,6 +196,11 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
   }
 
  private:
+  static ConvNetConfig with_channels(ConvNetConfig c) {
+    c.in_channels = 1;
+    c.out_channels = channels;
+    return c;
+  }
   index_t active_begin() const noexcept { return m_parity * half; }
   index_t frozen_begin() const noexcept { return (1 - m_parity) * half; }
 
