@@ -206,6 +206,7 @@ int run(const Options& o) {
   const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("trained in %.1f s (%.2f ms per step)\n", train_s, 1e3 * train_s / double(std::max(1ll, o.epochs)));
 
+  reverse_flow_sanitychecker(model, 4);
   const auto m = model.compute_metrics(4096);
   std::printf("ESS (4096 flow samples): %.4f   log(q/p): %s\n", m.ess,
               fmt_val_err(m.log_ratio.mean, m.log_ratio.std / std::sqrt(4096.0)).c_str());

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <normflow/diagnostics/metrics.hpp>
+#include <normflow/mcmc/blocked_mcmc_sampler.hpp>
 #include <normflow/mcmc/mcmc_sampler.hpp>
 #include <normflow/model/posterior.hpp>
 #include <normflow/train/trainer.hpp>
@@ -64,6 +65,7 @@ class Model {
   Trainer<Model> trainer{*this};
   Posterior<Model> posterior{*this};
   MCMCSampler<Model> mcmc{*this};
+  BlockedMCMCSampler<Model> blocked_mcmc{*this};
 
   Model(Prior p, Net n, Action a) : prior(std::move(p)), net_(std::move(n)), action(std::move(a)) {}
   Model(const Model&) = delete;

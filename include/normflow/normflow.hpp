@@ -18,6 +18,7 @@
 #include <normflow/action/scalar_phi4_action.hpp>
 #include <normflow/diagnostics/metrics.hpp>
 #include <normflow/diagnostics/jackknife.hpp>
+#include <normflow/diagnostics/sanity.hpp>
 #include <normflow/transform/result.hpp>
 #include <normflow/transform/math.hpp>
 #include <normflow/transform/elementwise.hpp>
