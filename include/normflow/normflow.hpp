@@ -30,6 +30,7 @@
 #include <normflow/layer/conditioner/activation.hpp>
 #include <normflow/layer/conditioner/conv_net.hpp>
 #include <normflow/layer/conditioner/conv_net_spec.hpp>
+#include <normflow/layer/conditioner/dense_net.hpp>
 #include <normflow/layer/coupling.hpp>
 #include <normflow/layer/dist_convertor_layer.hpp>
 #include <normflow/layer/module_list.hpp>
