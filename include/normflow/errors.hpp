@@ -25,7 +25,7 @@ namespace detail {
 template <class... Parts>
 std::string concat(const Parts&... parts) {
   std::ostringstream os;
-  os.precision(17);
+  os.precision(12);
   (os << ... << parts);
   return os.str();
 }

@@ -19,6 +19,8 @@
 #include <normflow/diagnostics/metrics.hpp>
 #include <normflow/diagnostics/jackknife.hpp>
 #include <normflow/diagnostics/sanity.hpp>
+#include <normflow/io/checkpoint.hpp>
+#include <normflow/io/npy.hpp>
 #include <normflow/transform/result.hpp>
 #include <normflow/transform/math.hpp>
 #include <normflow/transform/elementwise.hpp>

@@ -170,7 +170,7 @@ TEST_CASE("element transforms: the reference's log-Jacobian formulas (3.1)") {
   CHECK(Expit::forward(800.0).log_jac == doctest::Approx(-800).epsilon(4 * eps));
 }
 
-TEST_CASE("Affine: zero weights are the identity; softplus(0) = 1 and its linear branch") {
+TEST_CASE("Affine: zero weights are the identity: softplus(0) = 1 and its linear branch") {
   const std::array<double, 2> zero{0, 0};
   for (double x : {-2.0, 0.0, 1.5}) {
     CHECK(Affine::forward(x, zero.data()).y == x);

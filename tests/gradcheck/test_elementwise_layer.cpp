@@ -38,7 +38,7 @@ TEST_CASE("Chain of element-wise layers satisfies the layer contract") {
   test::check_layer(chain);
 }
 
-TEST_CASE("Flow owns its parameters; the allocating forward and reverse invert each other") {
+TEST_CASE("Flow owns its parameters: the allocating forward and reverse invert each other") {
   using Fl = Flow<Sequence<Affine_, Tanh_, Affine_>, Lattice<2, 2>, double>;
   Fl flow(3);
   CHECK(flow.num_params() == 4);

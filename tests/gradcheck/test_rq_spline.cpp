@@ -487,7 +487,7 @@ TEST_CASE("RQSpline: round trip, log-Jacobians cancel and match d y/dx") {
   }
 }
 
-TEST_CASE("RQSpline: all-zero weights give the identity on xlim = ylim, tails included") {
+TEST_CASE("RQSpline: all-zero weights give the identity on xlim = ylim (tails included)") {
   using E = Extrapolation;
   const std::vector<double> zero(RQSpline<6>::num_params, 0.0);
   for (const auto& tr :
@@ -507,7 +507,7 @@ TEST_CASE("RQSpline: all-zero weights give the identity on xlim = ylim, tails in
 }
 
 TEST_CASE(
-    "RQSpline: 'linear' tails are exactly linear; 'anti' is point-symmetric about the end knot") {
+    "RQSpline: 'linear' tails are exactly linear and 'anti' is point-symmetric about the end knot") {
   using E = Extrapolation;
   std::mt19937_64 rng(31);
   const RQSpline<5> lin{.xlim = {-1, 2}, .ylim = {0, 5}, .left = E::linear, .right = E::linear};

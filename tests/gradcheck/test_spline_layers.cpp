@@ -49,6 +49,27 @@ TEST_CASE("DistConvertor_ net: the seed spelling, 28 parameters, odd when symmet
   }
 }
 
+namespace {
+// large minimum bins and derivatives: the safeguards' own derivatives are exercised
+struct Wide {
+  template <index_t K>
+  static RQSpline<K> make() {
+    RQSpline<K> s = SplineLinearTails::make<K>();
+    s.min_bin = 0.1;
+    s.min_derivative = 0.2;
+    return s;
+  }
+};
+struct Bad {
+  template <index_t K>
+  static RQSpline<K> make() {
+    RQSpline<K> s{};
+    s.min_bin = 0.3;  // 4 bins of at least 0.3 do not fit
+    return s;
+  }
+};
+}  // namespace
+
 TEST_CASE("RQSplineCoupling_ satisfies the layer contract") {
   using Net = ConvNet<Hidden<4>, Kernel<3>>;
   test::LayerCheckOptions o;
@@ -56,9 +77,13 @@ TEST_CASE("RQSplineCoupling_ satisfies the layer contract") {
   test::check_layer(RQSplineCoupling_<5, Net>::bind<Field<Lattice<4, 4>, double>>(0), o);
   test::check_layer(RQSplineCoupling_<5, Net>::bind<Field<Lattice<2, 2>, double>>(1), o);
   test::check_layer(RQSplineCoupling_<3, Net, SplineLinearTails>::bind<Field<Lattice<4, 4>, double>>(1), o);
+  test::check_layer(RQSplineCoupling_<4, Net, OddSplineLinearTailsSafe>::bind<Field<Lattice<4, 4>, double>>(0), o);
+  test::check_layer(RQSplineCoupling_<5, Net, Wide>::bind<Field<Lattice<2, 2>, double>>(1), o);
+  CHECK_THROWS_WITH_AS((RQSplineCoupling_<5, Net, Bad>::bind<Field<Lattice<2, 2>, double>>(0)),
+                       doctest::Contains("min_bin = 0.3"), ParameterError);
 }
 
-TEST_CASE("A 4-layer spline-coupling flow satisfies the layer contract; short spellings compile") {
+TEST_CASE("A 4-layer spline-coupling flow satisfies the layer contract: short spellings compile") {
   using F = Field<Lattice<4, 4>, double>;
   using C = chain_t<Repeat<4, Coupling<Spline<5>, ConvNet<Hidden<4>>>>, F>;
   const C chain;

@@ -117,7 +117,7 @@ TEST_CASE("Training is bitwise reproducible with 1 and 2 threads") {
   CHECK(a.second == b.second);
 }
 
-TEST_CASE("A NaN loss stops training with an exception naming the epoch; bad options are rejected") {
+TEST_CASE("A NaN loss stops training with an exception naming the epoch: bad options are rejected") {
   NormalPrior<Lattice<1>> prior(0, 1, 1);
   ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};
   DistConvertor_<Lattice<1>> net_{{.knots_len = 10, .symmetric = true}};
@@ -139,7 +139,7 @@ TEST_CASE("A NaN loss stops training with an exception naming the epoch; bad opt
                        ParameterError);
 }
 
-TEST_CASE("MCMC: the chain carries over between calls; rejections repeat the state") {
+TEST_CASE("MCMC: the chain carries over between calls: rejections repeat the state") {
   NormalPrior<Lattice<1>, double> prior(0, 1, 2);
   ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};
   DistConvertor_<Lattice<1>, double> net_{{.symmetric = true}};  // untrained: identity, q != p

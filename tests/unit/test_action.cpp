@@ -81,7 +81,7 @@ void check_force_central_differences(const ScalarPhi4Action& a) {
 }
 }  // namespace
 
-TEST_CASE("ScalarPhi4Action matches a naive loop; the density sums to S") {
+TEST_CASE("ScalarPhi4Action matches a naive loop: the density sums to S") {
   check_against_naive<Lattice<4, 4>>();
   check_against_naive<Lattice<8, 8>>();
   check_against_naive<Lattice<3, 4, 5>>();

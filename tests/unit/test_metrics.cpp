@@ -70,7 +70,7 @@ TEST_CASE("Metrics accept float inputs and reject mismatched lengths") {
   CHECK_THROWS_AS(ess(none, none), ShapeError);
 }
 
-TEST_CASE("Binned jackknife: the mean's error equals the binned standard error; a nonlinear function") {
+TEST_CASE("Binned jackknife: the mean's error equals the binned standard error: a nonlinear function") {
   std::vector<double> v;
   for (int i = 0; i < 1000; ++i) v.push_back(std::sin(0.37 * i) + 0.01 * i);
   const auto j = jackknife_mean(std::span<const double>(v), 10);

@@ -300,6 +300,17 @@ struct OddSplineLinearTails {
     return s;
   }
 };
+/// OddSplineLinearTails with minimum bin widths/heights and knot derivatives of 1e-3 (Durkan et
+/// al.'s safeguards): no bin can collapse, so the inverse stays well conditioned in float.
+struct OddSplineLinearTailsSafe {
+  template <index_t K>
+  static RQSpline<K> make() {
+    RQSpline<K> s = OddSplineLinearTails::make<K>();
+    s.min_bin = 1e-3;
+    s.min_derivative = 1e-3;
+    return s;
+  }
+};
 /// The non-symmetric variant: knots on (-2, 2), linear tails on both sides.
 struct SplineLinearTails {
   template <index_t K>

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <normflow/detail/batch_output.hpp>
+#include <normflow/prior/normal_prior.hpp>
 #include <normflow/field/field.hpp>
 
 namespace normflow {

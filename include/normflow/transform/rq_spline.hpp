@@ -322,6 +322,12 @@ struct RQSpline {
   Extrapolation left = Extrapolation::none;
   Extrapolation right = Extrapolation::none;
   bool smooth = false;  ///< derivatives from the knots' slopes instead of w_d
+  /// Minimum bin width and height as a fraction of xlim/ylim (Durkan et al.'s min_bin_width):
+  /// s_i = min_bin + (1 - min_bin (Knots - 1)) softmax(w)_i. 0 (the reference) allows bins to
+  /// collapse, which makes the inverse ill-conditioned; 1e-3 is a common safeguard.
+  double min_bin = 0;
+  /// Minimum knot derivative: d = min_derivative + softplus(w_d) (0 in the reference).
+  double min_derivative = 0;
 
   /// Host-side check of the options; throws ParameterError naming the offending option.
   void validate() const {
@@ -336,6 +342,11 @@ struct RQSpline {
     if (!(ylim[0] < ylim[1]))
       throw ParameterError(
           detail::concat(where, ": ylim[0] = ", ylim[0], " must be below ylim[1] = ", ylim[1]));
+    if (!(min_bin >= 0 && min_bin * double(Knots - 1) < 1))
+      throw ParameterError(detail::concat(where, ": min_bin = ", min_bin, " is outside the valid range [0, 1/",
+                                          Knots - 1, ")"));
+    if (!(min_derivative >= 0) || !(min_derivative < 1e6))
+      throw ParameterError(detail::concat(where, ": min_derivative = ", min_derivative, " must be in [0, 1e6)"));
     check_extrapolation(left, "left");
     check_extrapolation(right, "right");
   }
@@ -371,8 +382,8 @@ struct RQSpline {
   template <class V>
   NORMFLOW_HOST_DEVICE UserKnots<V> user_knots(const V* p) const noexcept {
     UserKnots<V> u;
-    cumsum_softmax(p, xlim[0], xlim[1], u.sx, u.x);
-    cumsum_softmax(p + (Knots - 1), ylim[0], ylim[1], u.sy, u.y);
+    cumsum_softmax(p, xlim[0], xlim[1], min_bin, u.sx, u.x);
+    cumsum_softmax(p + (Knots - 1), ylim[0], ylim[1], min_bin, u.sy, u.y);
     if (smooth) {
       const V half = math::constant<V>(0.5);
       V m_prev = (u.y[1] - u.y[0]) / (u.x[1] - u.x[0]);
@@ -385,7 +396,8 @@ struct RQSpline {
       u.d[Knots - 1] = m_prev;
     } else {
       const V* wd = p + 2 * (Knots - 1);
-      for (index_t k = 0; k < Knots; ++k) u.d[k] = math::softplus(wd[k]);
+      const V dmin = math::constant<V>(min_derivative);
+      for (index_t k = 0; k < Knots; ++k) u.d[k] = dmin + math::softplus(wd[k]);
     }
     return u;
   }
@@ -513,8 +525,8 @@ struct RQSpline {
       V* gwd = gp + 2 * (Knots - 1);
       for (index_t k = 0; k < Knots; ++k) gwd[k] += gd[k] * math::softplus_grad(wd[k]);
     }
-    cumsum_softmax_backward(u.sx, xlim[0], xlim[1], gx, gp);
-    cumsum_softmax_backward(u.sy, ylim[0], ylim[1], gy, gp + (Knots - 1));
+    cumsum_softmax_backward(u.sx, xlim[0], xlim[1], min_bin, gx, gp);
+    cumsum_softmax_backward(u.sy, ylim[0], ylim[1], min_bin, gy, gp + (Knots - 1));
   }
 
   /// y = S(x), log_jac = log S'(x), from raw weights p.
@@ -557,9 +569,10 @@ struct RQSpline {
                                           " is not an Extrapolation (none, linear or anti)"));
   }
 
-  /// s = softmax(w[0 .. Knots-2]); u_0 = lo, u_j = (s_0 + ... + s_{j-1}) (hi - lo) + lo.
+  /// s = softmax(w[0 .. Knots-2]), e_i = mb + (1 - mb (Knots - 1)) s_i;
+  /// u_0 = lo, u_j = (e_0 + ... + e_{j-1}) (hi - lo) + lo. Returns the plain softmax s.
   template <class V>
-  NORMFLOW_HOST_DEVICE static void cumsum_softmax(const V* w, double lo, double hi, V* s,
+  NORMFLOW_HOST_DEVICE static void cumsum_softmax(const V* w, double lo, double hi, double mb, V* s,
                                                   V* u) noexcept {
     V mx = w[0];
     for (index_t i = 1; i + 1 < Knots; ++i) mx = math::max(mx, w[i]);
@@ -570,19 +583,20 @@ struct RQSpline {
     }
     for (index_t i = 0; i + 1 < Knots; ++i) s[i] = s[i] / sum;
     const V width = math::constant<V>(hi - lo), lo_v = math::constant<V>(lo);
+    const V mb_v = math::constant<V>(mb), scale = math::constant<V>(1 - mb * double(Knots - 1));
     V c = math::constant<V>(0);
     u[0] = lo_v;
     for (index_t j = 1; j < Knots; ++j) {
-      c += s[j - 1];
+      c += mb > 0 ? mb_v + scale * s[j - 1] : s[j - 1];
       u[j] = c * width + lo_v;
     }
   }
 
   /// Adjoint of cumsum_softmax: gu = dL/du (u_0 is constant), adds dL/dw into gw.
   template <class V>
-  NORMFLOW_HOST_DEVICE static void cumsum_softmax_backward(const V* s, double lo, double hi,
+  NORMFLOW_HOST_DEVICE static void cumsum_softmax_backward(const V* s, double lo, double hi, double mb,
                                                            const V* gu, V* gw) noexcept {
-    const V width = math::constant<V>(hi - lo);
+    const V width = math::constant<V>((hi - lo) * (1 - mb * double(Knots - 1)));
     V gs[Knots - 1];
     V suffix = math::constant<V>(0);  // dL/ds_i = width * sum_{j > i} dL/du_j
     for (index_t i = Knots - 2; i >= 0; --i) {
