@@ -38,6 +38,8 @@ struct Options {
   long long threads = 0;
   long long proposals = 16384;
   std::string out = "normflow-out";
+  std::string resume;
+  long long checkpoint_every = 100;
 };
 
 const char* usage =
@@ -67,7 +69,11 @@ const char* usage =
     "  --threads T          OpenMP threads (default: OpenMP's choice)\n"
     "sampling and output:\n"
     "  --proposals N        MCMC proposals after training (default 16384)\n"
-    "  --out DIR            output folder (default normflow-out): metrics.csv, samples.npy\n"
+    "  --out DIR            output folder (default normflow-out): metrics.csv, checkpoint.nfck,\n"
+    "                       samples.npy (the last 4096 chain samples, batch first, then the lattice axes)\n"
+    "  --checkpoint-every N write the checkpoint every N epochs (default 100) and at the end\n"
+    "  --resume FILE        continue from a checkpoint of the same architecture (weights, Adam state,\n"
+    "                       epoch counter, generator position); --epochs more epochs are trained\n"
     "  --help               this text\n";
 
 [[noreturn]] void fail(const std::string& msg) {
@@ -148,6 +154,10 @@ Options parse(int argc, char** argv) {
     else if (a == "--seed") o.seed = std::uint64_t(parse_int(a, v, 0, (1ll << 62)));
     else if (a == "--threads") o.threads = parse_int(a, v, 1, 1024);
     else if (a == "--proposals") o.proposals = parse_int(a, v, 2, 1 << 26);
+    else if (a == "--resume") {
+      if (v.empty()) fail("--resume expects a checkpoint file");
+      o.resume = v;
+    } else if (a == "--checkpoint-every") o.checkpoint_every = parse_int(a, v, 1, 100'000'000);
     else if (a == "--out") {
       if (v.empty()) fail("--out expects a folder name");
       o.out = v;
@@ -184,11 +194,22 @@ int run(const Options& o) {
   action.validate();
   Model model{prior, net_, action};
   model.mcmc.reset(o.seed ^ 0x5eed5eed5eedull);
+  std::string hidden;
+  for (index_t h : o.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(h);
+  model.set_architecture(detail::concat("normflow-phi4 lattice=", o.lattice, " arch=", o.arch, " couplings=", o.layers,
+                                        " hidden=", hidden, " kernel=", o.kernel, " activation=", o.activation,
+                                        " bias=", int(o.bias)));
+  if (!o.resume.empty()) {
+    model.load_checkpoint(o.resume);
+    std::printf("resumed from %s at epoch %lld\n", o.resume.c_str(), model.trainer.current_epoch());
+  }
 
   std::error_code ec;
   std::filesystem::create_directories(o.out, ec);
   if (ec) fail("cannot create the output folder '" + o.out + "': " + ec.message());
   const std::string csv = (std::filesystem::path(o.out) / "metrics.csv").string();
+  const std::string ckpt = (std::filesystem::path(o.out) / "checkpoint.nfck").string();
+  const std::string npy = (std::filesystem::path(o.out) / "samples.npy").string();
 
   std::printf("normflow %s: phi^4 on %s (kappa %g, m_sq %g, lambd %g); %lld %s couplings, %zu parameters\n",
               version_string, o.lattice.c_str(), o.kappa, o.m_sq, o.lambd, o.layers, o.arch.c_str(),
@@ -202,6 +223,8 @@ int run(const Options& o) {
   tc.scheduler = o.scheduler == "cosine" ? Scheduler::cosine : Scheduler::none;
   tc.path_gradient = o.estimator == "path";
   tc.csv_path = csv;
+  tc.checkpoint_path = ckpt;
+  tc.checkpoint_every = o.checkpoint_every;
   model.trainer.run_training(tc);
   const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("trained in %.1f s (%.2f ms per step)\n", train_s, 1e3 * train_s / double(std::max(1ll, o.epochs)));
@@ -237,7 +260,8 @@ int run(const Options& o) {
   std::printf("  <|M|>/V        = %s\n", fmt_val_err(am.mean, am.std).c_str());
   std::printf("  susceptibility = %s   (V (<m^2> - <|m|>^2), m = M/V; binned jackknife, %zu bins)\n",
               fmt_val_err(chi.mean, chi.std).c_str(), absm.size() / bin);
-  std::printf("wrote %s\n", csv.c_str());
+  save_npy(npy, keep);
+  std::printf("wrote %s, %s, %s\n", csv.c_str(), ckpt.c_str(), npy.c_str());
   return 0;
 }
 

@@ -14,11 +14,15 @@
 /// is neither copyable nor movable: trainer, posterior and mcmc refer back to it.
 
 #include <cstdio>
+#include <filesystem>
 #include <span>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <normflow/diagnostics/metrics.hpp>
+#include <normflow/io/checkpoint.hpp>
+#include <normflow/version.hpp>
 #include <normflow/mcmc/blocked_mcmc_sampler.hpp>
 #include <normflow/mcmc/mcmc_sampler.hpp>
 #include <normflow/model/posterior.hpp>
@@ -71,6 +75,60 @@ class Model {
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
+  /// The identity a checkpoint records and checks on load: the one given to set_architecture, or
+  /// else the compiler's name of the net type (stable for one compiler and one build).
+  std::string architecture() const {
+    return detail::concat(m_architecture.empty() ? typeid(Net).name() : m_architecture, " params=", net_.num_params(),
+                          " scalar=", sizeof(value_type));
+  }
+  /// Names the architecture (e.g. the options that built a runtime ModuleList_).
+  void set_architecture(std::string name) { m_architecture = std::move(name); }
+
+  /// Writes parameters, Adam's state, the epoch counter and the prior's generator position
+  /// (atomically: a failed write leaves an existing file as it was).
+  void save_checkpoint(const std::filesystem::path& path) const {
+    Checkpoint c;
+    c.architecture = architecture();
+    c.scalar_size = sizeof(value_type);
+    c.num_params = net_.num_params();
+    c.epoch = std::uint64_t(trainer.current_epoch());
+    c.rng_seed = prior.generator().seed();
+    c.rng_stream = prior.generator().stream();
+    const AdamW& opt = trainer.optimizer();
+    c.adam_step = opt.step_count();
+    if constexpr (std::is_same_v<value_type, float>)
+      c.arrays_f32["params"].assign(net_.params().begin(), net_.params().end());
+    else
+      c.arrays_f64["params"].assign(net_.params().begin(), net_.params().end());
+    if (opt.step_count() > 0 && opt.first_moment().size() == net_.num_params()) {
+      c.arrays_f64["adam_m"] = opt.first_moment();
+      c.arrays_f64["adam_v"] = opt.second_moment();
+    }
+    c.meta["normflow_version"] = version_string;
+    save_checkpoint_file(path, c);
+  }
+
+  /// Restores what save_checkpoint wrote; a checkpoint of another architecture, a truncated or
+  /// corrupt file fails with CheckpointError before anything changes.
+  void load_checkpoint(const std::filesystem::path& path) {
+    const Checkpoint c = load_checkpoint_file(path, architecture());
+    const auto& store = [&]() -> const auto& {
+      if constexpr (std::is_same_v<value_type, float>)
+        return c.arrays_f32;
+      else
+        return c.arrays_f64;
+    }();
+    const auto it = store.find("params");
+    if (it == store.end() || it->second.size() != net_.num_params())
+      throw CheckpointError(detail::concat("load_checkpoint: ", path.string(), " holds no parameter array of ",
+                                           net_.num_params(), " values"));
+    std::copy(it->second.begin(), it->second.end(), net_.params().begin());
+    const auto m = c.arrays_f64.find("adam_m"), v = c.arrays_f64.find("adam_v");
+    if (m != c.arrays_f64.end() && v != c.arrays_f64.end()) trainer.restore_optimizer(m->second, v->second, c.adam_step);
+    trainer.set_current_epoch((long long)c.epoch);
+    prior.generator().set_state(c.rng_seed, c.rng_stream);
+  }
+
   /// Metrics on n fresh flow samples; prints them (the reference's format) when epoch >= 0.
   ModelMetrics compute_metrics(long long n, long long epoch = -1) {
     const auto s = posterior.sample__(n);
@@ -87,6 +145,13 @@ class Model {
     }
     return m;
   }
+
+ private:
+  static void save_checkpoint_file(const std::filesystem::path& p, const Checkpoint& c) { normflow::save_checkpoint(p, c); }
+  static Checkpoint load_checkpoint_file(const std::filesystem::path& p, const std::string& arch) {
+    return normflow::load_checkpoint(p, arch);
+  }
+  std::string m_architecture;
 };
 
 }  // namespace normflow

@@ -97,6 +97,7 @@ class UniformPrior {
   double low() const noexcept { return m_low; }
   double high() const noexcept { return m_high; }
   Generator& generator() noexcept { return m_gen; }
+  const Generator& generator() const noexcept { return m_gen; }
   void seed(std::uint64_t seed) noexcept { m_gen.set_state(seed, 0); }
 
   template <exec::Policy Exec = exec::Default>

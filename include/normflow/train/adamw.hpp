@@ -90,6 +90,8 @@ class AdamW {
   /// First and second moments (for checkpoints).
   std::vector<double>& first_moment() noexcept { return m_m; }
   std::vector<double>& second_moment() noexcept { return m_v; }
+  const std::vector<double>& first_moment() const noexcept { return m_m; }
+  const std::vector<double>& second_moment() const noexcept { return m_v; }
   void set_step_count(std::uint64_t t) noexcept { m_step = t; }
 
  private:

@@ -26,6 +26,7 @@
 #include <fstream>
 #include <functional>
 #include <numbers>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -71,7 +72,9 @@ struct TrainConfig {
   std::vector<ParamGroup> groups = {};  ///< per-group AdamW hyper-parameters (empty: one group)
   std::string csv_path = {};      ///< metrics CSV (epoch, loss, ess, logp, lr, seconds); empty: none
   Progress progress = Progress::automatic;
-  std::function<void(long long epoch)> on_epoch = {};  ///< called after every epoch (checkpoints, ...)
+  std::string checkpoint_path = {};  ///< write a checkpoint here (atomically) every checkpoint_every epochs and at the end
+  long long checkpoint_every = 0;    ///< 0: only at the end
+  std::function<void(long long epoch)> on_epoch = {};  ///< called after every epoch
 };
 
 /// One row of the training history.
@@ -97,8 +100,16 @@ class Trainer {
     AdamWHyper h{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay};
     std::vector<ParamGroup> groups = c.groups;
     if (groups.empty()) groups.push_back({0, P, h});
-    if (!m_keep_optimizer) m_opt = AdamW(P, groups);
-    m_keep_optimizer = false;
+    m_opt = AdamW(P, groups);
+    if (m_pending) {  // optimiser state restored from a checkpoint
+      if (m_pending->m.size() != P)
+        throw ParameterError(detail::concat("run_training: the restored optimiser state has ", m_pending->m.size(),
+                                            " entries, the net has ", P, " parameters"));
+      m_opt.first_moment() = m_pending->m;
+      m_opt.second_moment() = m_pending->v;
+      m_opt.set_step_count(m_pending->step);
+      m_pending.reset();
+    }
     Buffers buf(B);
     const long long t_max = (long long)(1.01 * double(c.n_epochs) + 1);
     const bool show = c.progress == Progress::always || (c.progress == Progress::automatic && isatty(fileno(stderr)));
@@ -139,6 +150,9 @@ class Trainer {
           if (e + 1 == c.n_epochs) std::fprintf(stderr, "\n");
         }
       }
+      if (!c.checkpoint_path.empty() &&
+          ((c.checkpoint_every > 0 && (e + 1) % c.checkpoint_every == 0) || e + 1 == c.n_epochs))
+        m_model.save_checkpoint(c.checkpoint_path);
       if (c.on_epoch) c.on_epoch(epoch);
     }
     if (csv) {
@@ -151,11 +165,12 @@ class Trainer {
   long long current_epoch() const noexcept { return m_epoch; }
   void set_current_epoch(long long e) noexcept { m_epoch = e; }
   const std::vector<EpochRecord>& history() const noexcept { return m_history; }
-  AdamW& optimizer() noexcept { return m_opt; }
-  /// Keep the optimiser state (e.g. loaded from a checkpoint) for the next run_training call.
-  void restore_optimizer(AdamW opt) {
-    m_opt = std::move(opt);
-    m_keep_optimizer = true;
+  /// The optimiser of the last (or current) run_training call.
+  const AdamW& optimizer() const noexcept { return m_opt; }
+  /// Adam's moments and step for the next run_training call (from a checkpoint); the
+  /// hyper-parameters come from that call's config.
+  void restore_optimizer(std::vector<double> m, std::vector<double> v, std::uint64_t step) {
+    m_pending = OptimizerState{std::move(m), std::move(v), step};
   }
 
   /// Fills the net's gradients for one batch x (log r given) and returns {loss, ess, mean log p}.
@@ -246,14 +261,20 @@ class Trainer {
     AdamW::validate({c.lr, c.beta1, c.beta2, c.eps, c.weight_decay});
     if (c.clip_grad_norm && !(c.max_grad_norm > 0))
       throw ParameterError(detail::concat("run_training: max_grad_norm = ", c.max_grad_norm, " must be > 0"));
+    if (c.checkpoint_every < 0)
+      throw ParameterError(detail::concat("run_training: checkpoint_every = ", c.checkpoint_every, " must be >= 0"));
     if (c.alpha_tmax < 0)
       throw ParameterError(detail::concat("run_training: alpha_tmax = ", c.alpha_tmax, " must be >= 0 (0: off)"));
     if (!c.loss_fn) throw ParameterError("run_training: loss_fn is empty; give a loss such as Losses::kl_mean");
   }
 
+  struct OptimizerState {
+    std::vector<double> m, v;
+    std::uint64_t step;
+  };
   M& m_model;
   AdamW m_opt;
-  bool m_keep_optimizer = false;
+  std::optional<OptimizerState> m_pending;
   long long m_epoch = 0;
   std::vector<EpochRecord> m_history;
 };
