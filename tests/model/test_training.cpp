@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 
@@ -273,5 +274,80 @@ TEST_CASE("Same seed gives the same metrics CSV with 1 and 2 threads (timing col
   const std::string one = run(1), two = run(2);
   CHECK(one.size() > 25 * 20);
   CHECK(one == two);
+  // without the wall-clock column the files themselves are bitwise identical
+  auto run_plain = [&](int threads) {
+    test::ThreadCount tc(threads);
+    const auto path = dir / ("plain_" + std::to_string(threads) + ".csv");
+    Model m{NormalPrior<Lattice<8, 8>>(0, 1, 4), Flow<Repeat<4, AffineCoupling_<>>, Lattice<8, 8>>(1),
+            ScalarPhi4Action{.kappa = 0.67, .m_sq = -2.68, .lambd = 0.5}};
+    TrainConfig c{.n_epochs = 25, .batch_size = 64, .lr = 0.01, .scheduler = Scheduler::cosine,
+                  .progress = Progress::never};
+    c.csv_path = path.string();
+    c.csv_seconds = false;
+    m.trainer.run_training(c);
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string p1 = run_plain(1), p2 = run_plain(2);
+  CHECK(p1 == p2);
+  CHECK(p1 == one);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Losses: derivatives match central differences (reverse KL and -log ESS)") {
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> normal;
+  std::vector<double> q(9), p(9), dq(9), dp(9), dq2(9), dp2(9);
+  for (auto& v : q) v = normal(rng) * 3;
+  for (auto& v : p) v = normal(rng) * 3 - 40;
+  for (const LossFunction& f : {LossFunction(Losses::kl_mean), LossFunction(Losses::minus_log_ess)}) {
+    f(q, p, dq, dp);
+    for (std::size_t b = 0; b < 9; ++b) {
+      const double h = 1e-5;
+      auto qp = q, qm = q, pp = p, pm = p;
+      qp[b] += h, qm[b] -= h, pp[b] += h, pm[b] -= h;
+      CHECK(dq[b] == doctest::Approx((f(qp, p, dq2, dp2) - f(qm, p, dq2, dp2)) / (2 * h)).epsilon(1e-6).scale(1e-2));
+      CHECK(dp[b] == doctest::Approx((f(q, pp, dq2, dp2) - f(q, pm, dq2, dp2)) / (2 * h)).epsilon(1e-6).scale(1e-2));
+    }
+  }
+  CHECK(Losses::minus_log_ess(q, p, dq, dp) ==
+        doctest::Approx(-std::log(Metrics::calc_ess(std::span<const double>(q), std::span<const double>(p)))));
+}
+
+TEST_CASE("AdamW: one step by hand, per-group hyper-parameters, validation") {
+  std::vector<double> theta{1.0, -2.0, 0.5}, g{0.3, -0.1, 2.0};
+  AdamW opt(3, std::vector<ParamGroup>{{0, 2, {.lr = 0.1, .weight_decay = 0.0}}, {2, 3, {.lr = 0.01}}});
+  opt.step(std::span<double>(theta), std::span<const double>(g));
+  // t = 1: m = (1-b1) g, v = (1-b2) g^2, mhat = g, vhat = g^2: step = lr g / (|g| + eps)
+  CHECK(theta[0] == doctest::Approx(1.0 - 0.1 * 0.3 / (0.3 + 1e-8)).epsilon(1e-12));
+  CHECK(theta[1] == doctest::Approx(-2.0 + 0.1 * 0.1 / (0.1 + 1e-8)).epsilon(1e-12));
+  CHECK(theta[2] == doctest::Approx(0.5 * (1 - 0.01 * 1e-2) - 0.01 * 2.0 / (2.0 + 1e-8)).epsilon(1e-12));
+  CHECK(opt.step_count() == 1);
+  CHECK_THROWS_WITH_AS(AdamW(3, AdamWHyper{.beta1 = 1.0}), doctest::Contains("beta1"), ParameterError);
+  CHECK_THROWS_WITH_AS(AdamW(3, std::vector<ParamGroup>{{2, 5, {}}}), doctest::Contains("outside"), ParameterError);
+}
+
+TEST_CASE("Gradient clipping bounds the norm; alpha annealing starts from the prior; -log ESS trains") {
+  NormalPrior<Lattice<1>> prior(0, 1, 1);
+  ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};
+  DistConvertor_<Lattice<1>> net_{{.knots_len = 10, .symmetric = true}};
+  Model model{prior, net_, action};
+  using Tr = Trainer<decltype(model)>;
+  Tr::Buffers buf(64);
+  TrainConfig c{.batch_size = 64};
+  c.clip_grad_norm = true;
+  c.max_grad_norm = 1e-3;
+  model.trainer.step(c, 1.0, buf);
+  double n2 = 0;
+  for (float v : model.net_.grads()) n2 += double(v) * double(v);
+  CHECK(std::sqrt(n2) <= 1e-3 * (1 + 1e-5));
+  // alpha = 0: the target is the prior itself, and the identity flow is exact: loss 0, ESS 1
+  const auto r = model.trainer.step(c, 0.0, buf);
+  CHECK(std::abs(r.loss) < 1e-5);
+  CHECK(r.ess == doctest::Approx(1.0).epsilon(1e-6));
+  TrainConfig a{.n_epochs = 300, .batch_size = 64, .lr = 0.01, .progress = Progress::never};
+  a.alpha_tmax = 100;
+  a.loss_fn = Losses::minus_log_ess;  // path_gradient stays on: the trainer uses the total gradient for it
+  model.trainer.run_training(a);
+  CHECK(model.compute_metrics(4096).ess > 0.95);
 }

@@ -16,6 +16,12 @@
 ///     g = grad_y log q(y) from the forward-mode recursion g_0 = grad log r(x),
 ///     g_k = reverse_backward_k(g_{k-1}, gl = 1) (arXiv:2403.15881; see layer/module.hpp).
 ///     When q = p the cotangent a_b g_b + c_b grad log p vanishes sample by sample.
+///     Dropping the score term sum_b a_b d/dtheta log q(y_b)|_y is unbiased only when the weights
+///     a_b = dL/dlogq_b are the same for every sample, as for the reverse KL (a_b = 1/N). For other
+///     losses (-log ESS, user callables) the trainer therefore uses the total gradient even when
+///     path_gradient is set (the reference adds its adjustment regardless, which biases them:
+///     measured, -log ESS training of the 1-dof model then fails, ESS 0.0005 after 1000 epochs,
+///     while the total gradient reaches 1.0000).
 /// Then optional clipping of the total gradient norm, an AdamW step, the scheduler step.
 /// A non-finite loss stops training with TrainingError naming the epoch, before any update.
 
@@ -23,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <numbers>
@@ -64,13 +71,14 @@ struct TrainConfig {
   double weight_decay = 1e-2;     ///< AdamW decoupled weight decay
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   Scheduler scheduler = Scheduler::none;
-  bool path_gradient = true;      ///< path gradient (default) or the plain total gradient
+  bool path_gradient = true;      ///< path gradient (default; reverse-KL loss only, see above) or the total gradient
   LossFunction loss_fn = Losses::kl_mean;  ///< reverse KL by default; Losses::minus_log_ess; any callable
   bool clip_grad_norm = false;    ///< clip the total gradient norm to max_grad_norm
   double max_grad_norm = 1.0;
   long long alpha_tmax = 0;       ///< > 0: anneal alpha from 0 to 1 over alpha_tmax epochs
   std::vector<ParamGroup> groups = {};  ///< per-group AdamW hyper-parameters (empty: one group)
   std::string csv_path = {};      ///< metrics CSV (epoch, loss, ess, logp, lr, seconds); empty: none
+  bool csv_seconds = true;        ///< false: leave out the wall-clock column (the file is then bitwise reproducible)
   Progress progress = Progress::automatic;
   std::string checkpoint_path = {};  ///< write a checkpoint here (atomically) every checkpoint_every epochs and at the end
   long long checkpoint_every = 0;    ///< 0: only at the end
@@ -117,7 +125,7 @@ class Trainer {
     if (!c.csv_path.empty()) {
       csv.open(c.csv_path, std::ios::out | std::ios::trunc);
       if (!csv) throw std::runtime_error("run_training: cannot write the metrics CSV '" + c.csv_path + "'");
-      csv << "epoch,loss,ess,logp,lr,seconds\n";
+      csv << (c.csv_seconds ? "epoch,loss,ess,logp,lr,seconds\n" : "epoch,loss,ess,logp,lr\n");
     }
     double alpha = 0;
     const auto t0 = std::chrono::steady_clock::now();
@@ -136,8 +144,10 @@ class Trainer {
       m_history.push_back(rec);
       if (csv) {
         char line[256];
-        std::snprintf(line, sizeof line, "%lld,%.17g,%.17g,%.17g,%.17g,%.3f\n", rec.epoch, rec.loss, rec.ess, rec.logp,
-                      rec.lr, rec.seconds);
+        const int n = std::snprintf(line, sizeof line, "%lld,%.17g,%.17g,%.17g,%.17g", rec.epoch, rec.loss, rec.ess,
+                                    rec.logp, rec.lr);
+        if (c.csv_seconds) std::snprintf(line + n, sizeof line - std::size_t(n), ",%.3f", rec.seconds);
+        std::strcat(line, "\n");
         csv << line;
       }
       if (show) {
@@ -214,12 +224,13 @@ class Trainer {
                                  (alpha < 1 ? (1 - alpha) * double(logr_y[std::size_t(b)]) : 0.0);
     }
     const double loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
+    const bool path = c.path_gradient && is_reverse_kl(c.loss_fn);
     if (!std::isfinite(loss))
       throw TrainingError(detail::concat("run_training: the loss is ", loss, " at epoch ", m_epoch,
                                          "; stopping (parameters and the last checkpoint are left as they were "
                                          "before this epoch; try a smaller lr or double precision)"));
     // cotangent on y
-    if (c.path_gradient) {
+    if (path) {
       prior.grad_log_prob(buf.x, buf.gx);
       std::fill(buf.gl.begin(), buf.gl.end(), T(1));
       net.reverse_backward(buf.tape, buf.gx, std::span<const T>(buf.gl), buf.g, false);
@@ -230,10 +241,10 @@ class Trainer {
       const T* g = buf.g.lanes(s2);
       for (index_t b = 0; b < B; ++b) {
         const T cp = T(buf.dp[std::size_t(b)]);
-        gy[b] = c.path_gradient ? T(buf.dq[std::size_t(b)]) * g[b] + cp * f[b] : cp * f[b];
+        gy[b] = path ? T(buf.dq[std::size_t(b)]) * g[b] + cp * f[b] : cp * f[b];
       }
     }
-    for (index_t b = 0; b < B; ++b) buf.gl[std::size_t(b)] = c.path_gradient ? T(0) : T(-buf.dq[std::size_t(b)]);
+    for (index_t b = 0; b < B; ++b) buf.gl[std::size_t(b)] = path ? T(0) : T(-buf.dq[std::size_t(b)]);
     net.zero_grads();
     net.backward(buf.tape, buf.gy, std::span<const T>(buf.gl), buf.gx);
     if (c.clip_grad_norm) {
@@ -252,6 +263,13 @@ class Trainer {
   }
 
  private:
+  /// True when f holds Losses::kl_mean (the loss whose path gradient is unbiased).
+  static bool is_reverse_kl(const LossFunction& f) {
+    using Fn = double (*)(std::span<const double>, std::span<const double>, std::span<double>, std::span<double>);
+    const Fn* p = f.template target<Fn>();
+    return p != nullptr && *p == &Losses::kl_mean;
+  }
+
   static void validate(const TrainConfig& c) {
     if (c.n_epochs < 0)
       throw ParameterError(detail::concat("run_training: n_epochs = ", c.n_epochs, " must be >= 0"));
