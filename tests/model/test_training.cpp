@@ -327,7 +327,7 @@ TEST_CASE("AdamW: one step by hand, per-group hyper-parameters, validation") {
   CHECK_THROWS_WITH_AS(AdamW(3, std::vector<ParamGroup>{{2, 5, {}}}), doctest::Contains("outside"), ParameterError);
 }
 
-TEST_CASE("Gradient clipping bounds the norm; alpha annealing starts from the prior; -log ESS trains") {
+TEST_CASE("Gradient clipping bounds the norm, alpha annealing starts from the prior, -log ESS trains") {
   NormalPrior<Lattice<1>> prior(0, 1, 1);
   ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};
   DistConvertor_<Lattice<1>> net_{{.knots_len = 10, .symmetric = true}};

@@ -73,10 +73,7 @@ struct Phi4ActionKernel {
 
   template <class V>
   NORMFLOW_HOST_DEVICE void apply_block(index_t b_begin, index_t b_end) const noexcept {
-    constexpr index_t W = simd::pack_size<V>, R = 4;
-    index_t b = b_begin;
-    for (; b + R * W <= b_end; b += R * W) sum_sites<V, R>(b);
-    for (; b < b_end; b += W) sum_sites<V, 1>(b);
+    simd::for_register_blocks<V, 4>(b_begin, b_end, [this](auto r, index_t b) { this->template sum_sites<V, decltype(r)::value>(b); });
   }
 };
 

@@ -74,6 +74,17 @@ NORMFLOW_ALWAYS_INLINE scalar_t<V> lane(const V& v, index_t i) noexcept {
     return v.get(std::size_t(i));
 }
 
+/// Calls f(std::integral_constant<index_t, R>{}, b) for b = b_begin, b_begin + R W, ... while R
+/// packs of W = pack_size<V> lanes fit before b_end, then f(integral_constant<1>, b) for the
+/// remaining packs: kernels keep R accumulators per lane block in registers.
+template <class V, index_t R, class F>
+NORMFLOW_ALWAYS_INLINE void for_register_blocks(index_t b_begin, index_t b_end, F&& f) {
+  constexpr index_t W = pack_size<V>;
+  index_t b = b_begin;
+  for (; b + R * W <= b_end; b += R * W) f(std::integral_constant<index_t, R>{}, b);
+  for (; b < b_end; b += W) f(std::integral_constant<index_t, 1>{}, b);
+}
+
 /// The name of the host SIMD instruction set compiled in (e.g. "avx512bw"), for benchmarks.
 inline const char* arch_name() noexcept { return xsimd::default_arch::name(); }
 
