@@ -152,7 +152,7 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
     field_type x, y, cond_in, g_cond;
     theta_type theta, g_theta;
     typename net_type::Workspace ws;
-    buffer gl, gp_scratch;
+    buffer gl;
   };
 
   /// \param layer_index position in the flow; the layer updates parity layer_index mod 2
@@ -244,12 +244,7 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
         active_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, k);
     // through the conditioner: g_cond = net'^T g_theta, gp += weight gradient
-    std::span<T> g_params = gp;
-    if (gp.empty()) {
-      tape.gp_scratch.assign(num_params(), T(0));
-      g_params = {tape.gp_scratch.data(), tape.gp_scratch.size()};
-    }
-    m_net.backward(p, tape.ws, tape.g_theta, tape.g_cond, g_params, host(exec));
+    m_net.backward(p, tape.ws, tape.g_theta, tape.g_cond, gp, host(exec));  // empty gp: input adjoint only
     // frozen sites: direct path plus the conditioner's
     const detail::AddBlockKernel<T> add{g_out.cview(), tape.g_cond.cview(), g_in.view(), frozen_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, add);
