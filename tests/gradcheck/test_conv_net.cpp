@@ -668,3 +668,47 @@ TEST_CASE("ConvStack: invalid configurations and shapes throw, naming the parame
   CHECK_THROWS_WITH_AS(other.backward(other_params, ws, y, gx, other_grads), doctest::Contains("call forward"),
                        ShapeError);
 }
+
+TEST_CASE("ConvStack site ranges: restricted passes equal the full ones on their blocks, bit for bit") {
+  using Lat = Lattice<4, 4>;
+  using In = Field<Lat, double, Scalar>;
+  using Out = Field<Lat, double, Channels<2>>;
+  ConvNetConfig cfg;
+  cfg.in_channels = 1;
+  cfg.hidden = {4};
+  cfg.out_channels = 2;
+  cfg.bias = true;
+  const ConvStack<Lat, double> net(cfg);
+  std::vector<double> p(net.num_params());
+  net.init_params(std::span<double>(p), 3);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  In x(5);
+  Out gy(5), gy_masked(5);
+  for (index_t s = 0; s < 16; ++s)
+    for (index_t b = 0; b < 5; ++b) {
+      x(s, 0, b) = normal(rng);
+      for (index_t c = 0; c < 2; ++c) {
+        gy(s, c, b) = normal(rng);
+        gy_masked(s, c, b) = s >= 8 ? gy(s, c, b) : 0.0;
+      }
+    }
+  ConvStack<Lat, double>::Workspace ws_full, ws_part;
+  Out y_full(5), y_part(5);
+  net.forward(std::span<const double>(p), x, y_full, ws_full);
+  net.forward(std::span<const double>(p), x, y_part, ws_part, exec::HostDefault{}, SiteRange{8, 16});
+  for (index_t s = 8; s < 16; ++s)
+    for (index_t c = 0; c < 2; ++c)
+      for (index_t b = 0; b < 5; ++b) CHECK(y_part(s, c, b) == y_full(s, c, b));
+  In gx_full(5), gx_part(5);
+  std::vector<double> g_full(p.size(), 0.0), g_part(p.size(), 0.0);
+  net.backward(std::span<const double>(p), ws_full, gy_masked, gx_full, std::span<double>(g_full));
+  // the restricted pass treats gy as zero outside [8, 16), whatever it holds there
+  net.backward(std::span<const double>(p), ws_part, gy, gx_part, std::span<double>(g_part), exec::HostDefault{},
+               SiteRange{0, 8});
+  for (index_t s = 0; s < 8; ++s)
+    for (index_t b = 0; b < 5; ++b) CHECK(gx_part(s, 0, b) == gx_full(s, 0, b));
+  CHECK(g_part == g_full);
+  CHECK_THROWS_AS(net.forward(std::span<const double>(p), x, y_part, ws_part, exec::HostDefault{}, SiteRange{8, 17}),
+                  ShapeError);
+}

@@ -210,7 +210,8 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
     const std::size_t run = std::size_t(half) * std::size_t(in.padded_batch());
     std::copy_n(in.lanes(frozen_begin()), run, tape.cond_in.lanes(frozen_begin()));
     std::fill_n(tape.cond_in.lanes(active_begin()), run, T(0));
-    m_net.forward(p, tape.cond_in, tape.theta, tape.ws, host(exec));
+    // theta is read on the active block only: the last convolution computes just that block
+    m_net.forward(p, tape.cond_in, tape.theta, tape.ws, host(exec), SiteRange{active_begin(), active_begin() + half});
   }
 
   template <bool Reverse, class Exec>
@@ -244,7 +245,8 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
         active_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, k);
     // through the conditioner: g_cond = net'^T g_theta, gp += weight gradient
-    m_net.backward(p, tape.ws, tape.g_theta, tape.g_cond, gp, host(exec));  // empty gp: input adjoint only
+    // empty gp: input adjoint only; g_cond is read on the frozen block only
+    m_net.backward(p, tape.ws, tape.g_theta, tape.g_cond, gp, host(exec), SiteRange{frozen_begin(), frozen_begin() + half});
     // frozen sites: direct path plus the conditioner's
     const detail::AddBlockKernel<T> add{g_out.cview(), tape.g_cond.cview(), g_in.view(), frozen_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, add);

@@ -36,6 +36,8 @@ struct ConvKernelArgs {
   const T* bias;        ///< [cout], or nullptr for no bias
   const index_t* taps;  ///< [ntaps][volume]
   index_t cin, cout, ntaps, volume, stride;
+  index_t site_begin = 0;  ///< output sites [site_begin, site_end) are computed (storage positions)
+  index_t site_end = -1;   ///< -1: volume
 };
 
 /// What happens to the convolution's result acc at (o, s, b) after it is stored to out.
@@ -167,8 +169,9 @@ void conv_forward(Exec exec, const ConvKernelArgs<T>& a, const ConvOutput<T>& e)
   constexpr index_t C = conv_chunk_packs<V>;
   const index_t packs = a.stride / W;
   const index_t chunks = (packs + C - 1) / C;
-  exec::parallel_for(exec, offset_t(a.volume) * chunks, [=](offset_t item) {
-    const index_t s = index_t(item / chunks), c = index_t(item % chunks);
+  const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end;
+  exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
+    const index_t s = s0 + index_t(item / chunks), c = index_t(item % chunks);
     conv_item<V>(a, e, s, c * C * W, std::min(C, packs - c * C));
   });
 }
@@ -186,6 +189,8 @@ struct ConvGradArgs {
   index_t cin, cout, ntaps, volume, stride;
   T* grad_weight;       ///< [cout][cin][ntaps]
   T* grad_bias;         ///< [cout], or nullptr
+  index_t site_begin = 0;  ///< gz is zero outside output sites [site_begin, site_end): skipped
+  index_t site_end = -1;   ///< -1: volume
 };
 
 /// Weight gradients of rows [o0, o0 + Ob) x columns [j0, j0 + Jb): Ob x Jb pack accumulators,
@@ -201,7 +206,8 @@ inline void weight_grad_block(const ConvGradArgs<T>& a, index_t o0, index_t j0) 
     ch[j] = (j0 + j) / a.ntaps;
     for (index_t o = 0; o < Ob; ++o) acc[o][j] = V(T(0));
   }
-  for (index_t s = 0; s < a.volume; ++s) {
+  const index_t s1 = a.site_end < 0 ? a.volume : a.site_end;
+  for (index_t s = a.site_begin; s < s1; ++s) {
     const T* NORMFLOW_RESTRICT g = a.gz + (offset_t(s) * a.cout + o0) * a.stride;
     const T* NORMFLOW_RESTRICT x[Jb];
     for (index_t j = 0; j < Jb; ++j) x[j] = a.in + (offset_t(nb[j][s]) * a.cin + ch[j]) * a.stride;
@@ -223,7 +229,8 @@ template <class V, class T>
 inline void bias_grad(const ConvGradArgs<T>& a, index_t o) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   V acc(T(0));
-  for (index_t s = 0; s < a.volume; ++s) {
+  const index_t s1 = a.site_end < 0 ? a.volume : a.site_end;
+  for (index_t s = a.site_begin; s < s1; ++s) {
     const T* g = a.gz + (offset_t(s) * a.cout + o) * a.stride;
     for (index_t b = 0; b < a.stride; b += W) acc += simd::load<V>(g + b);
   }

@@ -62,6 +62,13 @@ namespace normflow {
 template <LatticeShape Lat, class T = float, SiteOrder Order = default_order_t<Lat>>
 class ConvStack;
 
+/// A block [begin, end) of storage positions (end = -1: to the end of the lattice). Couplings use
+/// it to compute only the sites they read: with even/odd storage a parity is one block.
+struct SiteRange {
+  index_t begin = 0;
+  index_t end = -1;
+};
+
 /// Runtime architecture of a ConvStack: in_channels -> hidden[0] -> ... -> out_channels.
 struct ConvNetConfig {
   index_t in_channels = 1;        ///< channels per site of the input x, >= 1
@@ -102,6 +109,7 @@ class ConvWorkspace {
   std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z and h = f(z)
   buffer m_g0, m_g1;                // backward: cotangents of two consecutive layers
   buffer m_wt;                      // backward: flipped, transposed weights of one layer
+  SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
 };
 
 /// A stack of periodic convolutions (see the file comment for the maths and the layouts).
@@ -198,10 +206,12 @@ class ConvStack {
 
   /// y = net(x). Stores what backward needs in ws (resized only when the batch or the network
   /// changes). x has in_channels components, y out_channels; both have the same batch.
+  /// Only the sites in `out` of y are computed (the others are left as they were); backward then
+  /// treats gy as zero outside `out`.
   /// \tparam Exec exec::Serial or exec::OpenMP (threads over sites and batch chunks)
   template <SiteType SiteIn, SiteType SiteOut, class Exec = exec::HostDefault>
   void forward(std::span<const T> params, const Field<Lat, T, SiteIn, Order>& x, Field<Lat, T, SiteOut, Order>& y,
-               Workspace& ws, Exec exec = {}) const {
+               Workspace& ws, Exec exec = {}, SiteRange out_sites = {}) const {
     static_assert(std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>,
                   "ConvStack::forward: use a host execution policy (exec::Serial or exec::OpenMP)");
     constexpr const char* where = "ConvStack::forward";
@@ -209,13 +219,16 @@ class ConvStack {
     require_channels(SiteIn::components, m_config.in_channels, where, "x", "in_channels");
     require_channels(SiteOut::components, m_config.out_channels, where, "y", "out_channels");
     require_batch(y.batch(), x.batch(), where, "y", "x");
+    require_range(out_sites, where, "out_sites");
     prepare(ws, x.batch(), x.padded_batch());
     copy_real_lanes(exec, x.data(), ws.m_x.data(), m_config.in_channels, x.batch(), x.padded_batch());
+    ws.m_out = out_sites;
 
     const T* in = ws.m_x.data();
     for (index_t l = 0; l < num_layers(); ++l) {
-      const detail::ConvKernelArgs<T> args = layer_args(params, l, in, ws.m_stride);
+      detail::ConvKernelArgs<T> args = layer_args(params, l, in, ws.m_stride);
       const bool last = l + 1 == num_layers();
+      if (last) args.site_begin = out_sites.begin, args.site_end = out_sites.end;
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (last) {
         out.out = y.data();
@@ -236,9 +249,10 @@ class ConvStack {
   /// gx = dL/dx (overwritten; zero in padding lanes) and grads += dL/dparams, from gy = dL/dy
   /// (its padding lanes are ignored). An empty grads skips the weight gradient (input adjoint only,
   /// one third less work: what the path gradient's reverse adjoint needs).
+  /// Only the sites in `in_sites` of gx are computed (the others are left as they were).
   template <SiteType SiteIn, SiteType SiteOut, class Exec = exec::HostDefault>
   void backward(std::span<const T> params, Workspace& ws, const Field<Lat, T, SiteOut, Order>& gy,
-                Field<Lat, T, SiteIn, Order>& gx, std::span<T> grads, Exec exec = {}) const {
+                Field<Lat, T, SiteIn, Order>& gx, std::span<T> grads, Exec exec = {}, SiteRange in_sites = {}) const {
     static_assert(std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>,
                   "ConvStack::backward: use a host execution policy (exec::Serial or exec::OpenMP)");
     constexpr const char* where = "ConvStack::backward";
@@ -254,14 +268,22 @@ class ConvStack {
 
     T* g = ws.m_g0.data();
     T* g_next = ws.m_g1.data();
+    require_range(in_sites, where, "in_sites");
     copy_real_lanes(exec, gy.data(), g, m_config.out_channels, gy.batch(), ws.m_stride);
+    {  // gy is zero outside the sites the forward pass computed
+      const index_t o0 = ws.m_out.begin, o1 = ws.m_out.end < 0 ? volume : ws.m_out.end;
+      const std::size_t site_size = std::size_t(m_config.out_channels) * std::size_t(ws.m_stride);
+      std::fill(g, g + std::size_t(o0) * site_size, T(0));
+      std::fill(g + std::size_t(o1) * site_size, g + std::size_t(volume) * site_size, T(0));
+    }
     for (index_t l = num_layers() - 1; l >= 0; --l) {
       const index_t cin = in_channels(l), cout = out_channels(l);
       const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
       if (!grads.empty()) {
-        const detail::ConvGradArgs<T> gargs{g, in, m_taps.data(), cin, cout, m_taps_count, volume, ws.m_stride,
-                                            grads.data() + weight_offset(l),
-                                            m_config.bias ? grads.data() + bias_offset(l) : nullptr};
+        detail::ConvGradArgs<T> gargs{g, in, m_taps.data(), cin, cout, m_taps_count, volume, ws.m_stride,
+                                      grads.data() + weight_offset(l),
+                                      m_config.bias ? grads.data() + bias_offset(l) : nullptr, 0, -1};
+        if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         detail::conv_param_grad(exec, gargs);
       }
 
@@ -273,7 +295,9 @@ class ConvStack {
           for (index_t t = 0; t < m_taps_count; ++t)
             wt[(offset_t(i) * cout + o) * m_taps_count + t] =
                 w[(offset_t(o) * cin + i) * m_taps_count + (m_taps_count - 1 - t)];
-      const detail::ConvKernelArgs<T> args{g, wt, nullptr, m_taps.data(), cout, cin, m_taps_count, volume, ws.m_stride};
+      const detail::ConvKernelArgs<T> args{g,      wt,           nullptr,
+                                           m_taps.data(), cout, cin, m_taps_count, volume, ws.m_stride,
+                                           l == 0 ? in_sites.begin : 0, l == 0 ? in_sites.end : -1};
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (l == 0) {
         out.out = gx.data();
@@ -398,7 +422,16 @@ class ConvStack {
             out_channels(l),
             m_taps_count,
             volume,
-            stride};
+            stride,
+            0,
+            -1};
+  }
+
+  static void require_range(SiteRange r, const char* where, const char* name) {
+    const index_t end = r.end < 0 ? volume : r.end;
+    if (r.begin < 0 || r.begin > end || end > volume)
+      throw ShapeError(detail::concat(where, ": ", name, " = [", r.begin, ", ", r.end, ") is not a block of [0, ",
+                                      volume, ")"));
   }
 
   /// The activation a^{l+1} = f(z^l) of hidden layer l, the input of convolution l + 1.
