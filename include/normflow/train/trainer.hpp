@@ -191,11 +191,12 @@ class Trainer {
   struct Buffers {
     explicit Buffers(index_t B)
         : x(B), y(B), g(B), gy(B), gx(B), force(B), logr(std::size_t(B)), logj(std::size_t(B)), s(std::size_t(B)),
-          logq(std::size_t(B)), logp(std::size_t(B)), dq(std::size_t(B)), dp(std::size_t(B)), gl(std::size_t(B)) {}
+          logq(std::size_t(B)), logp(std::size_t(B)), dq(std::size_t(B)), dp(std::size_t(B)), gl(std::size_t(B)),
+          logr_y(std::size_t(B)) {}
     field_type x, y, g, gy, gx, force;
     std::vector<T> logr, logj, s;
     std::vector<double> logq, logp, dq, dp;
-    std::vector<T> gl;
+    std::vector<T> gl, logr_y;
     typename M::net_type::tape_type tape;
   };
   StepResult step(const TrainConfig& c, double alpha, Buffers& buf, bool draw = true) {
@@ -209,10 +210,8 @@ class Trainer {
     m_model.action.action(buf.y, std::span<T>(buf.s));
     // grad log p = alpha force + (1 - alpha) grad log r(y)
     m_model.action.force(buf.y, buf.force);
-    std::vector<T> logr_y;
     if (alpha < 1) {
-      logr_y.resize(std::size_t(B));
-      prior.log_prob(buf.y, std::span<T>(logr_y));
+      prior.log_prob(buf.y, std::span<T>(buf.logr_y));
       prior.grad_log_prob(buf.y, buf.gx);  // scratch
       for (index_t s2 = 0; s2 < field_type::volume; ++s2)
         for (index_t b = 0; b < B; ++b)
@@ -221,7 +220,7 @@ class Trainer {
     for (index_t b = 0; b < B; ++b) {
       buf.logq[std::size_t(b)] = double(buf.logr[std::size_t(b)]) - double(buf.logj[std::size_t(b)]);
       buf.logp[std::size_t(b)] = -alpha * double(buf.s[std::size_t(b)]) +
-                                 (alpha < 1 ? (1 - alpha) * double(logr_y[std::size_t(b)]) : 0.0);
+                                 (alpha < 1 ? (1 - alpha) * double(buf.logr_y[std::size_t(b)]) : 0.0);
     }
     const double loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
     const bool path = c.path_gradient && is_reverse_kl(c.loss_fn);
