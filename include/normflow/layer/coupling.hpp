@@ -131,13 +131,16 @@ class CouplingLayer;
 /// \tparam Tr      per-site transform (AffineContraction, Additive, RQSpline<K>, ...)
 /// \tparam NetSpec conditioner spec, ConvNet<...>
 template <class Tr, class NetSpec, LatticeShape Lat, class T, SiteOrder Order>
-class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
+class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
+    : public MapAdjointLayer<CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>> {
+  friend class MapAdjointLayer<CouplingLayer>;
   static_assert(std::is_same_v<Order, EvenOdd>,
                 "Coupling layers need the EvenOdd site order, so every lattice extent must be even "
                 "(e.g. Lattice<8, 8>)");
   static_assert(is_conv_net_spec_v<NetSpec>, "Coupling layers take a ConvNet<...> conditioner spec");
 
  public:
+  static constexpr const char* layer_name = "CouplingLayer";
   using field_type = Field<Lat, T, Scalar, Order>;
   using value_type = T;
   static constexpr index_t channels = Tr::num_params;
@@ -170,27 +173,6 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
   std::size_t num_params() const noexcept { return m_net.num_params(); }
   /// The reference's initialisation: PyTorch's default for every convolution.
   void init_params(std::span<T> p, std::uint64_t seed) const { m_net.init_params(p, seed); }
-
-  template <exec::Policy Exec = exec::HostDefault>
-  void forward(std::span<const T> p, const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<false>("CouplingLayer::forward", p, x, y, log_det, tape, exec);
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse(std::span<const T> p, const field_type& y, field_type& x, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<true>("CouplingLayer::reverse", p, y, x, log_det, tape, exec);
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void backward(std::span<const T> p, tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx,
-                std::span<T> gp, Exec exec = {}) const {
-    adjoint<false>("CouplingLayer::backward", p, tape, tape.x, gy, gl, gx, gp, exec);
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse_backward(std::span<const T> p, tape_type& tape, const field_type& gx, std::span<const T> gl,
-                        field_type& gy, std::span<T> gp, Exec exec = {}) const {
-    adjoint<true>("CouplingLayer::reverse_backward", p, tape, tape.y, gx, gl, gy, gp, exec);
-  }
 
  private:
   static ConvNetConfig with_channels(ConvNetConfig c) {
@@ -225,8 +207,6 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>> {
     const detail::CouplingMapKernel<Tr, Reverse, T, channels> k{
         m_tr, in.cview(), out.view(), tape.theta.cview(), log_det.data(), active_begin(), half};
     exec::parallel_for_lane_blocks<T>(host(exec), in.padded_batch(), k);
-    tape.x = Reverse ? out : in;
-    tape.y = Reverse ? in : out;
   }
 
   template <bool Reverse, class Exec>

@@ -114,8 +114,12 @@ class DistConvertorLayer;
 
 /// DistConvertor_ with K knots bound to the field type F (see the file comment).
 template <index_t K, LatticeShape Lat, class T, SiteOrder Order>
-class DistConvertorLayer<K, Field<Lat, T, Scalar, Order>> {
+class DistConvertorLayer<K, Field<Lat, T, Scalar, Order>>
+    : public MapAdjointLayer<DistConvertorLayer<K, Field<Lat, T, Scalar, Order>>> {
+  friend class MapAdjointLayer<DistConvertorLayer>;
+
  public:
+  static constexpr const char* layer_name = "DistConvertor_";
   using field_type = Field<Lat, T, Scalar, Order>;
   using value_type = T;
   using transform_type = DistConvertor<K>;
@@ -146,31 +150,6 @@ class DistConvertorLayer<K, Field<Lat, T, Scalar, Order>> {
     for (T& v : p) v = T(0);
   }
 
-  template <exec::Policy Exec = exec::HostDefault>
-  void forward(std::span<const T> p, const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<false>("DistConvertor_::forward", p, x, y, log_det, exec);
-    tape.x = x;
-    tape.y = y;
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse(std::span<const T> p, const field_type& y, field_type& x, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<true>("DistConvertor_::reverse", p, y, x, log_det, exec);
-    tape.x = x;
-    tape.y = y;
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void backward(std::span<const T> p, tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx,
-                std::span<T> gp, Exec exec = {}) const {
-    adjoint<false>("DistConvertor_::backward", p, tape, tape.x, gy, gl, gx, gp, exec);
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse_backward(std::span<const T> p, tape_type& tape, const field_type& gx, std::span<const T> gl,
-                        field_type& gy, std::span<T> gp, Exec exec = {}) const {
-    adjoint<true>("DistConvertor_::reverse_backward", p, tape, tape.y, gx, gl, gy, gp, exec);
-  }
-
  private:
   using full_params = std::array<T, std::size_t(transform_type::num_params)>;
 
@@ -183,7 +162,7 @@ class DistConvertorLayer<K, Field<Lat, T, Scalar, Order>> {
 
   template <bool Reverse, class Exec>
   void map(const char* where, std::span<const T> p, const field_type& in, field_type& out, std::span<T> log_det,
-           Exec exec) const {
+           tape_type&, Exec exec) const {
     detail::require_layer_args(where, num_params(), p, in, log_det);
     if (out.batch() != in.batch()) out.resize(in.batch());
     const full_params f = full(p);

@@ -123,8 +123,12 @@ class ElementwiseLayer;
 
 /// Elementwise_<Transform> bound to the field type F (see the file comment).
 template <class Tr, LatticeShape Lat, class T, SiteOrder Order>
-class ElementwiseLayer<Tr, Field<Lat, T, Scalar, Order>> {
+class ElementwiseLayer<Tr, Field<Lat, T, Scalar, Order>>
+    : public MapAdjointLayer<ElementwiseLayer<Tr, Field<Lat, T, Scalar, Order>>> {
+  friend class MapAdjointLayer<ElementwiseLayer>;
+
  public:
+  static constexpr const char* layer_name = "Elementwise_";
   using field_type = Field<Lat, T, Scalar, Order>;
   using value_type = T;
   using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
@@ -143,35 +147,10 @@ class ElementwiseLayer<Tr, Field<Lat, T, Scalar, Order>> {
     for (T& v : p) v = T(0);
   }
 
-  template <exec::Policy Exec = exec::HostDefault>
-  void forward(std::span<const T> p, const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<false>("Elementwise_::forward", p, x, y, log_det, exec);
-    tape.x = x;
-    tape.y = y;
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse(std::span<const T> p, const field_type& y, field_type& x, std::span<T> log_det, tape_type& tape,
-               Exec exec = {}) const {
-    map<true>("Elementwise_::reverse", p, y, x, log_det, exec);
-    tape.x = x;
-    tape.y = y;
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void backward(std::span<const T> p, tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx,
-                std::span<T> gp, Exec exec = {}) const {
-    adjoint<false>("Elementwise_::backward", p, tape, tape.x, gy, gl, gx, gp, exec);
-  }
-  template <exec::Policy Exec = exec::HostDefault>
-  void reverse_backward(std::span<const T> p, tape_type& tape, const field_type& gx, std::span<const T> gl,
-                        field_type& gy, std::span<T> gp, Exec exec = {}) const {
-    adjoint<true>("Elementwise_::reverse_backward", p, tape, tape.y, gx, gl, gy, gp, exec);
-  }
-
  private:
   template <bool Reverse, class Exec>
   void map(const char* where, std::span<const T> p, const field_type& in, field_type& out, std::span<T> log_det,
-           Exec exec) const {
+           tape_type&, Exec exec) const {
     detail::require_layer_args(where, num_params(), p, in, log_det);
     if (out.batch() != in.batch()) out.resize(in.batch());
     const detail::ElementwiseMapKernel<Tr, Reverse, T> k{in.cview(), out.view(), log_det.data(), p.data(),

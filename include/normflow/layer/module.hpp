@@ -27,8 +27,10 @@
 #include <concepts>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include <normflow/errors.hpp>
+#include <normflow/exec/exec.hpp>
 #include <normflow/field/field.hpp>
 
 namespace normflow {
@@ -84,5 +86,49 @@ void padded_copy(std::span<const T> gl, index_t padded, Buf& buf) {
   for (std::size_t b = 0; b < gl.size(); ++b) buf[b] = gl[b];
 }
 }  // namespace detail
+
+/// The four entry points of the layer contract for a layer written as two private templates
+/// (CRTP; Derived befriends this base and defines `static constexpr const char* layer_name`):
+///   map<Reverse>(where, p, in, out, log_det, tape, exec)   forward (false) or reverse (true)
+///   adjoint<Reverse>(where, p, tape, point, g_out, gl, g_in, gp, exec)
+/// forward and reverse then record the pair (x, y) in tape.x and tape.y; the adjoints evaluate at
+/// tape.x (backward) or tape.y (reverse_backward).
+template <class Derived>
+class MapAdjointLayer {
+ public:
+  template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
+  void forward(std::span<const typename F::value_type> p, const F& x, F& y, std::span<typename F::value_type> log_det,
+               Tape& tape, Exec exec = {}) const {
+    static const std::string where = std::string(Derived::layer_name) + "::forward";
+    self().template map<false>(where.c_str(), p, x, y, log_det, tape, exec);
+    tape.x = x;
+    tape.y = y;
+  }
+  template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
+  void reverse(std::span<const typename F::value_type> p, const F& y, F& x, std::span<typename F::value_type> log_det,
+               Tape& tape, Exec exec = {}) const {
+    static const std::string where = std::string(Derived::layer_name) + "::reverse";
+    self().template map<true>(where.c_str(), p, y, x, log_det, tape, exec);
+    tape.x = x;
+    tape.y = y;
+  }
+  template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
+  void backward(std::span<const typename F::value_type> p, Tape& tape, const F& gy,
+                std::span<const typename F::value_type> gl, F& gx, std::span<typename F::value_type> gp,
+                Exec exec = {}) const {
+    static const std::string where = std::string(Derived::layer_name) + "::backward";
+    self().template adjoint<false>(where.c_str(), p, tape, tape.x, gy, gl, gx, gp, exec);
+  }
+  template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
+  void reverse_backward(std::span<const typename F::value_type> p, Tape& tape, const F& gx,
+                        std::span<const typename F::value_type> gl, F& gy, std::span<typename F::value_type> gp,
+                        Exec exec = {}) const {
+    static const std::string where = std::string(Derived::layer_name) + "::reverse_backward";
+    self().template adjoint<true>(where.c_str(), p, tape, tape.y, gx, gl, gy, gp, exec);
+  }
+
+ private:
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
 
 }  // namespace normflow
