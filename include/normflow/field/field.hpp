@@ -49,6 +49,10 @@ inline constexpr std::size_t batch_alignment_bytes = 64;
 template <class T>
 inline constexpr index_t lane_padding = index_t(batch_alignment_bytes / sizeof(T));
 
+/// Contiguous storage whose start is 64-byte aligned (fields, tapes, parameters, workspaces).
+template <class T>
+using AlignedBuffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+
 /// batch rounded up to a multiple of lane_padding<T>.
 template <class T>
 constexpr index_t padded_batch_size(index_t batch) noexcept {
@@ -164,7 +168,7 @@ class Field {
 
   index_t m_batch = 0;
   index_t m_stride = 0;
-  std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>> m_data;
+  AlignedBuffer<T> m_data;
 };
 
 /// A batch of real scalar fields (one real per site).

@@ -89,7 +89,6 @@ class Chain {
   using value_type = typename field_type::value_type;
   using T = value_type;
   static constexpr std::size_t size = sizeof...(L);
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
 
   /// Intermediate fields and the layers' own tapes.
   struct tape_type {
@@ -250,7 +249,7 @@ class Parametrized {
   using value_type = typename L::value_type;
   using T = value_type;
   using tape_type = typename L::tape_type;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
 
   /// Takes the layer and initialises its parameters with the reference's defaults from `seed`.
   explicit Parametrized(L layer, std::uint64_t seed = 0)

@@ -146,7 +146,7 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
   static constexpr index_t channels = Tr::num_params;
   using theta_type = Field<Lat, T, Channels<channels>, Order>;
   using net_type = ConvStack<Lat, T, Order>;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
   static constexpr index_t half = Lat::volume / 2;
 
   /// What forward/reverse record and the adjoints reuse: the point (x, y), the conditioner's

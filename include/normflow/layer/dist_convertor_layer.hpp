@@ -123,7 +123,7 @@ class DistConvertorLayer<K, Field<Lat, T, Scalar, Order>>
   using field_type = Field<Lat, T, Scalar, Order>;
   using value_type = T;
   using transform_type = DistConvertor<K>;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
   struct tape_type {
     field_type x, y;
     buffer gl, g_lanes;

@@ -131,7 +131,7 @@ class ElementwiseLayer<Tr, Field<Lat, T, Scalar, Order>>
   static constexpr const char* layer_name = "Elementwise_";
   using field_type = Field<Lat, T, Scalar, Order>;
   using value_type = T;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
   /// The pair (x, y) of the last forward or reverse, plus scratch for the adjoints.
   struct tape_type {
     field_type x, y;

@@ -100,7 +100,7 @@ class ConvWorkspace {
  private:
   template <LatticeShape, class, SiteOrder>
   friend class ConvStack;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
 
   index_t m_batch = -1;
   index_t m_stride = 0;

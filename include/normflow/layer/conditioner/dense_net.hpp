@@ -175,7 +175,7 @@ class DenseWorkspace {
  private:
   template <class>
   friend class DenseNet;
-  using buffer = std::vector<T, detail::AlignedAllocator<T, batch_alignment_bytes>>;
+  using buffer = AlignedBuffer<T>;
 
   index_t m_batch = -1;
   index_t m_stride = 0;              // lanes per feature in the buffers below (batch padded to 64 bytes)
