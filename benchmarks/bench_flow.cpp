@@ -47,7 +47,7 @@ double measure_fma_peak() {
     const long iters = 20'000'000;
     const auto t0 = std::chrono::steady_clock::now();
     for (long n = 0; n < iters; ++n)
-      for (int i = 0; i < A; ++i) acc[i] = xsimd::fma(acc[i], a, b);
+      for (int i = 0; i < A; ++i) acc[i] = simd::fma(acc[i], a, b);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     T sink = 0;
     for (int i = 0; i < A; ++i) sink += xsimd::hadd(acc[i]);

@@ -20,9 +20,13 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define NORMFLOW_ALWAYS_INLINE inline __attribute__((always_inline))
+/// Register-blocked kernels: kept out of line, so that the caller's loops cannot make GCC move
+/// the accumulator array to memory (it then stores and reloads it on every iteration).
+#define NORMFLOW_NOINLINE inline __attribute__((noinline))
 #define NORMFLOW_RESTRICT __restrict__
 #else
 #define NORMFLOW_ALWAYS_INLINE inline
+#define NORMFLOW_NOINLINE inline
 #define NORMFLOW_RESTRICT
 #endif
 

@@ -131,10 +131,9 @@ constexpr double fd_step = 1e-6;
 constexpr double fd_rel_tol = 1e-6;
 
 /// Directional derivatives of L = <w, y(params, x)> along random (vx, vp), against central
-/// differences; batch 3 (odd: padding lanes are exercised).
+/// differences; batch 3 by default (odd: padding lanes are exercised).
 template <class Lat, class Order = default_order_t<Lat>>
-void check_directional_vjp(const ConvNetConfig& cfg, std::uint64_t seed) {
-  constexpr index_t batch = 3;
+void check_directional_vjp(const ConvNetConfig& cfg, std::uint64_t seed, index_t batch = 3) {
   using Net = ConvStack<Lat, double, Order>;
   using In = Field<Lat, double, Channels<2>, Order>;
   using Out = Field<Lat, double, Channels<3>, Order>;
@@ -291,6 +290,17 @@ TEST_CASE("ConvStack: VJP on other orders, kernel sizes and depths") {
   ConvNetConfig wide{.in_channels = 2, .hidden = {13, 9}, .out_channels = 3, .kernel_size = 3,
                      .activation = Activation::silu, .bias = true};  // 8 + 4 + 1 and 8 + 1 channel blocks
   check_directional_vjp<Lattice<4, 4>>(wide, 11);
+}
+
+TEST_CASE("ConvStack: VJP across weight-gradient tiles, lane blocks and channel groups") {
+  // 80 sites: a full 64-site tile and a partial one; batch 37 in double: 5 packs of 8 lanes (two
+  // 2-pack blocks and a single one, padding in the last); 13 hidden channels: row blocks 4, 4, 4, 1
+  // and input-channel groups of 3 and 4; 27 taps in 3d: three tap groups.
+  ConvNetConfig wide{.in_channels = 2, .hidden = {13, 9}, .out_channels = 3, .kernel_size = 3,
+                     .activation = Activation::tanh, .bias = true};
+  check_directional_vjp<Lattice<10, 8>>(wide, 21, 37);
+  check_directional_vjp<Lattice<10, 8>, Lexicographic>(wide, 22, 16);
+  check_directional_vjp<Lattice<4, 6, 4>>(wide, 23, 19);
 }
 
 TEST_CASE("ConvStack: every parameter and input gradient entry on Lattice<2, 2>") {

@@ -6,6 +6,7 @@
 /// operation here is lane-wise, so both give the same bits for +, -, *, / (the project builds with
 /// -ffp-contract=off: no implicit FMA contraction that would differ between the two).
 
+#include <cmath>
 #include <type_traits>
 
 // GCC 12 reports -W(maybe-)uninitialized false positives inside its own AVX-512 intrinsics when
@@ -72,6 +73,32 @@ NORMFLOW_ALWAYS_INLINE scalar_t<V> lane(const V& v, index_t i) noexcept {
     return v;
   else
     return v.get(std::size_t(i));
+}
+
+/// a * b + c with one rounding, lane-wise: std::fma for a scalar, the FMA instruction for a pack.
+/// (xsimd 8.1 has no AVX-512 fma kernel: its xsimd::fma falls back to a * b + c there, two
+/// roundings and half the FMA units' throughput; the intrinsic is used for AVX-512 packs.)
+/// Scalar and pack paths give the same bits.
+template <class V>
+NORMFLOW_ALWAYS_INLINE V fma(const V& a, const V& b, const V& c) noexcept {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return std::fma(a, b, c);
+  } else {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, typename V::arch_type>) {
+      if constexpr (std::is_same_v<scalar_t<V>, float>)
+        return V(_mm512_fmadd_ps(a, b, c));
+      else if constexpr (std::is_same_v<scalar_t<V>, double>)
+        return V(_mm512_fmadd_pd(a, b, c));
+      else
+        return xsimd::fma(a, b, c);
+    } else {
+      return xsimd::fma(a, b, c);
+    }
+#else
+    return xsimd::fma(a, b, c);
+#endif
+  }
 }
 
 /// Calls f(std::integral_constant<index_t, R>{}, b) for b = b_begin, b_begin + R W, ... while R

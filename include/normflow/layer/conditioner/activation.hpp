@@ -15,7 +15,7 @@
 /// h = -0, f' = 0), so padding lanes stay finite. tanh and silu are smooth; leaky_relu has a kink
 /// at 0 (finite-difference tests keep |z| away from it with high probability only).
 ///
-/// The functions take V, a scalar or a host SIMD pack: pack overloads (tanh, exp, select, fma)
+/// The functions take V, a scalar or a host SIMD pack: pack overloads (tanh, exp, select)
 /// are found by argument-dependent lookup next to the pack type, so this header does not include
 /// the SIMD library.
 
@@ -62,13 +62,6 @@ using lane_scalar_t = typename lane_scalar<V>::type;
 template <class V>
 NORMFLOW_ALWAYS_INLINE V splat(double c) noexcept {
   return V(lane_scalar_t<V>(c));
-}
-
-/// fma(a, b, c) = a * b + c with one rounding (std::fma for scalars, the pack's fma for packs).
-template <class V>
-NORMFLOW_ALWAYS_INLINE V fused_multiply_add(const V& a, const V& b, const V& c) noexcept {
-  using std::fma;
-  return fma(a, b, c);
 }
 
 /// m ? a : b lane-wise.

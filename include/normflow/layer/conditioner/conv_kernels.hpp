@@ -6,10 +6,13 @@
 /// over the batch lanes and register-blocked over output channels, and the weight/bias-gradient
 /// reduction. Used by ConvStack; see conv_net.hpp for the maths.
 ///
-/// Data layout (as Field): a[(s * C + c) * stride + b], s a storage position, c < C a channel,
-/// b < stride the sample lane (stride = padded batch, a whole number of SIMD packs).
-/// Weights: w[(o * cin + i) * ntaps + t]. Taps: taps[t * volume + s] = storage position of
-/// site(s) + delta_t (periodic).
+/// Data layout: a[s * site + c * stride + b], s a storage position, c < C a channel, b < stride
+/// the sample lane (stride = padded batch, a whole number of SIMD packs), site >= C * stride the
+/// distance between sites (C * stride: Field's layout; ConvStack's own buffers pad it to an odd
+/// number of cache lines, see conv_site_stride).
+/// Weights: w[(o * cin + i) * ntaps + t]; the convolution kernel reads them repacked by
+/// pack_conv_weights (output-channel blocks, each [t][i][o] with o fastest). Taps:
+/// taps[t * volume + s] = storage position of site(s) + delta_t (periodic).
 ///
 /// Kernels depend on T only (not on the lattice), so every lattice shares one instantiation.
 /// Determinism: each output value (an activation, or one weight/bias gradient) is computed by
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include <normflow/config.hpp>
 #include <normflow/exec/host.hpp>
@@ -28,16 +32,70 @@
 
 namespace normflow::detail {
 
+/// The distance between sites in ConvStack's own buffers of c channels: c * stride rounded up to
+/// an odd number of 64-byte cache lines. (With c * stride * sizeof(T) a multiple of 4 KiB, e.g.
+/// 8 channels x 128 float lanes, every site's pack b of channel i falls into one L1 set, and the
+/// 9 taps and the weight gradient's tiles evict each other; an odd line count spreads consecutive
+/// sites over all sets.)
+template <class T>
+constexpr offset_t conv_site_stride(index_t c, index_t stride) noexcept {
+  constexpr offset_t line = 64 / sizeof(T);
+  offset_t lines = (offset_t(c) * stride + line - 1) / line;
+  if (lines % 2 == 0) ++lines;
+  return lines * line;
+}
+
+/// Calls f(o0, Ob) for the output-channel blocks of the convolution kernel, in order: blocks of
+/// 8 channels, then one of 4, 2, 1 for the remainder (Ob a std::integral_constant).
+template <class F>
+NORMFLOW_ALWAYS_INLINE void for_each_out_block(index_t cout, F&& f) {
+  index_t o0 = 0;
+  for (; o0 + 8 <= cout; o0 += 8) f(o0, std::integral_constant<index_t, 8>{});
+  if (cout - o0 >= 4) {
+    f(o0, std::integral_constant<index_t, 4>{});
+    o0 += 4;
+  }
+  if (cout - o0 >= 2) {
+    f(o0, std::integral_constant<index_t, 2>{});
+    o0 += 2;
+  }
+  if (cout - o0 >= 1) f(o0, std::integral_constant<index_t, 1>{});
+}
+
+/// Repacks weights w[o][i][t] (cout x cin x ntaps) for the convolution kernel: the block of
+/// output channels [o0, o0 + Ob) (see for_each_out_block) starts at o0 cin ntaps and holds
+///   packed[o0 cin ntaps + (t cin + i) Ob + (o - o0)] = w[o][i][t]
+/// so a register block reads its Ob weights of one (t, i) at consecutive compile-time offsets
+/// (with w[o][i][t] at runtime strides GCC precomputes all cin x Ob addresses of a tap and
+/// spills them). flip_transpose: w holds the forward weights W[o'][i'][t] of a convolution
+/// cin -> cout read as the adjoint's W^T[i][o][t] = W[o][i][ntaps - 1 - t] (so w is then
+/// cin' = cout x cout' = cin x ntaps and this packs the input-adjoint convolution).
+template <class T>
+void pack_conv_weights(const T* w, T* packed, index_t cin, index_t cout, index_t ntaps, bool flip_transpose) noexcept {
+  for_each_out_block(cout, [&](index_t o0, auto ob) {
+    constexpr index_t Ob = decltype(ob)::value;
+    T* dst = packed + offset_t(o0) * cin * ntaps;
+    for (index_t t = 0; t < ntaps; ++t)
+      for (index_t i = 0; i < cin; ++i)
+        for (index_t o = 0; o < Ob; ++o)
+          dst[(offset_t(t) * cin + i) * Ob + o] =
+              flip_transpose ? w[(offset_t(i) * cout + o0 + o) * ntaps + (ntaps - 1 - t)]
+                             : w[(offset_t(o0 + o) * cin + i) * ntaps + t];
+  });
+}
+
 /// One periodic convolution out[o](s) = bias[o] + sum_{t, i} w[o][i][t] in[i](taps[t][s]).
 template <class T>
 struct ConvKernelArgs {
   const T* in;          ///< [site][cin][stride]
-  const T* weight;      ///< [cout][cin][ntaps]
+  const T* weight;      ///< w packed by pack_conv_weights
   const T* bias;        ///< [cout], or nullptr for no bias
   const index_t* taps;  ///< [ntaps][volume]
   index_t cin, cout, ntaps, volume, stride;
   index_t site_begin = 0;  ///< output sites [site_begin, site_end) are computed (storage positions)
   index_t site_end = -1;   ///< -1: volume
+  offset_t in_site = 0;    ///< distance between sites of in (0: cin * stride)
+  offset_t out_site = 0;   ///< distance between sites of out, out_h, z, h (0: cout * stride)
 };
 
 /// What happens to the convolution's result acc at (o, s, b) after it is stored to out.
@@ -76,7 +134,11 @@ inline constexpr index_t conv_chunk_packs = sizeof(V) >= 64 ? 8 : 4;
 /// out[o0, o0 + Ob) at storage position s, lanes [b0, b0 + Pb * width): Ob x Pb accumulators in
 /// registers; each weight is broadcast once per (t, i), each input pack loaded once per (t, i).
 /// Sum order of every value: bias, then t ascending, then i ascending.
-template <class V, index_t Ob, index_t Pb, class T>
+/// Cin > 0: the input channel count as a compile-time constant (a.cin == Cin). The i loop is then
+/// unrolled, the tap loop is the innermost loop and GCC keeps the accumulators in registers across
+/// it (with a runtime i loop it stores and reloads all Ob x Pb of them once per tap: the array is
+/// too large for scalar replacement). Cin = 0: any a.cin.
+template <class V, index_t Ob, index_t Pb, index_t Cin, class T>
 inline void conv_block(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   V acc[Ob][Pb];
@@ -84,44 +146,53 @@ inline void conv_block(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0
     const V init = a.bias ? V(a.bias[o0 + o]) : V(T(0));
     for (index_t p = 0; p < Pb; ++p) acc[o][p] = init;
   }
-  const offset_t in_site = offset_t(a.cin) * a.stride;
-  const index_t w_out = a.cin * a.ntaps;  // distance between output channels in the weights
-  const T* NORMFLOW_RESTRICT w0 = a.weight + offset_t(o0) * w_out;
+  const index_t cin = Cin > 0 ? Cin : a.cin;
+  const offset_t in_site = a.in_site;
+  const T* NORMFLOW_RESTRICT wp = a.weight + offset_t(o0) * cin * a.ntaps;  // this block's packed weights
+  const index_t* NORMFLOW_RESTRICT tap = a.taps + s;
+  const T* NORMFLOW_RESTRICT in = a.in + b0;
+  auto step = [&](const T* NORMFLOW_RESTRICT xs, const T* NORMFLOW_RESTRICT wt) {
+    V xv[Pb];
+    for (index_t p = 0; p < Pb; ++p) xv[p] = simd::load<V>(xs + p * W);
+    for (index_t o = 0; o < Ob; ++o) {
+      const V w(wt[o]);
+      for (index_t p = 0; p < Pb; ++p) acc[o][p] = simd::fma(w, xv[p], acc[o][p]);
+    }
+  };
   for (index_t t = 0; t < a.ntaps; ++t) {
-    const T* NORMFLOW_RESTRICT xs = a.in + a.taps[offset_t(t) * a.volume + s] * in_site + b0;
-    const T* NORMFLOW_RESTRICT wt = w0 + t;
-    for (index_t i = 0; i < a.cin; ++i) {
-      V xv[Pb];
-      for (index_t p = 0; p < Pb; ++p) xv[p] = simd::load<V>(xs + offset_t(i) * a.stride + p * W);
-      for (index_t o = 0; o < Ob; ++o) {
-        const V w(wt[o * w_out + i * a.ntaps]);
-        for (index_t p = 0; p < Pb; ++p) acc[o][p] = fused_multiply_add(w, xv[p], acc[o][p]);
-      }
+    const T* NORMFLOW_RESTRICT xs = in + tap[offset_t(t) * a.volume] * in_site;
+    const T* NORMFLOW_RESTRICT wt = wp + offset_t(t) * cin * Ob;
+    if constexpr (Cin > 0) {
+#pragma GCC unroll 16
+      for (index_t i = 0; i < Cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
+    } else {
+      for (index_t i = 0; i < cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
     }
   }
-  T* NORMFLOW_RESTRICT dst = out + (offset_t(s) * a.cout + o0) * a.stride + b0;
+  T* NORMFLOW_RESTRICT dst = out + offset_t(s) * a.out_site + offset_t(o0) * a.stride + b0;
   for (index_t o = 0; o < Ob; ++o)
     for (index_t p = 0; p < Pb; ++p) simd::store(dst + offset_t(o) * a.stride + p * W, acc[o][p]);
 }
 
 /// out[o0, o0 + Ob) at s over np packs from b0: blocks of Pb = min(accumulators / Ob, chunk)
 /// packs, then halving block widths for the remainder.
-template <class V, index_t Ob, index_t Pb = std::min(conv_accumulators<V> / Ob, conv_chunk_packs<V>), class T>
+template <class V, index_t Ob, index_t Cin, index_t Pb = std::min(conv_accumulators<V> / Ob, conv_chunk_packs<V>),
+          class T>
 inline void conv_rows(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0, index_t np) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   index_t p = 0;
-  for (; p + Pb <= np; p += Pb) conv_block<V, Ob, Pb>(a, out, s, o0, b0 + p * W);
+  for (; p + Pb <= np; p += Pb) conv_block<V, Ob, Pb, Cin>(a, out, s, o0, b0 + p * W);
   if constexpr (Pb > 1) {
-    if (p < np) conv_rows<V, Ob, Pb / 2>(a, out, s, o0, b0 + p * W, np - p);
+    if (p < np) conv_rows<V, Ob, Cin, Pb / 2>(a, out, s, o0, b0 + p * W, np - p);
   }
 }
 
 /// The epilogue of one work item: channels [0, C) at s, np packs from b0 (data in L1 by now).
 template <class V, class T>
-inline void conv_epilogue(const ConvOutput<T>& e, index_t cout, index_t stride, index_t s, index_t b0,
-                          index_t np) noexcept {
+inline void conv_epilogue(const ConvOutput<T>& e, index_t cout, index_t stride, offset_t site, index_t s,
+                          index_t b0, index_t np) noexcept {
   constexpr index_t W = simd::pack_size<V>;
-  const offset_t base = offset_t(s) * cout * stride + b0;
+  const offset_t base = offset_t(s) * site + b0;
   if (e.mode == ConvEpilogue::activate) {
     with_activation(e.act, [&]<class Op>(Op) {
       for (index_t c = 0; c < cout; ++c)
@@ -143,36 +214,46 @@ inline void conv_epilogue(const ConvOutput<T>& e, index_t cout, index_t stride, 
 
 /// All output channels at storage position s, lanes [b0, b0 + np * width): blocks of 8 output
 /// channels, then 4, 2, 1; then the epilogue.
-template <class V, class T>
+template <class V, index_t Cin, class T>
 inline void conv_item(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_t s, index_t b0,
                       index_t np) noexcept {
-  index_t o0 = 0;
-  for (; o0 + 8 <= a.cout; o0 += 8) conv_rows<V, 8>(a, e.out, s, o0, b0, np);
-  if (a.cout - o0 >= 4) {
-    conv_rows<V, 4>(a, e.out, s, o0, b0, np);
-    o0 += 4;
+  for_each_out_block(a.cout, [&](index_t o0, auto ob) {
+    conv_rows<V, decltype(ob)::value, Cin>(a, e.out, s, o0, b0, np);
+  });
+  conv_epilogue<V>(e, a.cout, a.stride, a.out_site, s, b0, np);
+}
+
+/// Calls f(std::integral_constant<index_t, Cin>{}) with Cin = cin for the common channel counts
+/// 1, 2, 4, 8, 16 (kernels specialised for them), else Cin = 0 (any count).
+template <class F>
+NORMFLOW_ALWAYS_INLINE void with_channels(index_t cin, F&& f) {
+  switch (cin) {
+    case 1: f(std::integral_constant<index_t, 1>{}); return;
+    case 2: f(std::integral_constant<index_t, 2>{}); return;
+    case 4: f(std::integral_constant<index_t, 4>{}); return;
+    case 8: f(std::integral_constant<index_t, 8>{}); return;
+    case 16: f(std::integral_constant<index_t, 16>{}); return;
+    default: f(std::integral_constant<index_t, 0>{}); return;
   }
-  if (a.cout - o0 >= 2) {
-    conv_rows<V, 2>(a, e.out, s, o0, b0, np);
-    o0 += 2;
-  }
-  if (a.cout - o0 >= 1) conv_rows<V, 1>(a, e.out, s, o0, b0, np);
-  conv_epilogue<V>(e, a.cout, a.stride, s, b0, np);
 }
 
 /// The convolution a followed by the epilogue e, over every site and lane. Work items are
 /// (site, chunk of conv_chunk_packs packs); items write disjoint outputs.
 template <class T, class Exec>
-void conv_forward(Exec exec, const ConvKernelArgs<T>& a, const ConvOutput<T>& e) {
+void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
+  if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
+  if (a.out_site == 0) a.out_site = offset_t(a.cout) * a.stride;
   using V = simd::native_pack<T>;
   constexpr index_t W = simd::pack_size<V>;
   constexpr index_t C = conv_chunk_packs<V>;
   const index_t packs = a.stride / W;
   const index_t chunks = (packs + C - 1) / C;
   const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end;
-  exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
-    const index_t s = s0 + index_t(item / chunks), c = index_t(item % chunks);
-    conv_item<V>(a, e, s, c * C * W, std::min(C, packs - c * C));
+  with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
+    exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
+      const index_t s = s0 + index_t(item / chunks), c = index_t(item % chunks);
+      conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
+    });
   });
 }
 
@@ -191,37 +272,130 @@ struct ConvGradArgs {
   T* grad_bias;         ///< [cout], or nullptr
   index_t site_begin = 0;  ///< gz is zero outside output sites [site_begin, site_end): skipped
   index_t site_end = -1;   ///< -1: volume
+  offset_t gz_site = 0;    ///< distance between sites of gz (0: cout * stride)
+  offset_t in_site = 0;    ///< distance between sites of in (0: cin * stride)
 };
 
-/// Weight gradients of rows [o0, o0 + Ob) x columns [j0, j0 + Jb): Ob x Jb pack accumulators,
-/// each summed over sites (ascending) and packs (ascending), then over lanes by horizontal_sum.
-template <class V, index_t Ob, index_t Jb, class T>
-inline void weight_grad_block(const ConvGradArgs<T>& a, index_t o0, index_t j0) noexcept {
+/// Sites per tile of the weight-gradient sweep, and taps per weight-gradient work item.
+inline constexpr index_t wgrad_tile_sites = 64;
+inline constexpr index_t wgrad_group_taps = 12;
+/// Input channels per weight-gradient work item.
+inline constexpr index_t wgrad_group_channels = 4;
+/// Register blocking of the weight gradient with Ob rows: Jmax taps at most and Pb packs of
+/// lanes per block (Ob x Jb x Pb accumulators). With 32 vector registers (AVX-512): Ob = 4:
+/// 5 x 1, Ob = 2: 4 x 2, Ob = 1: 8 x 2; else (16 registers) 2 x 1, 2 x 2, 4 x 2. Measured choices:
+/// GCC 12 keeps at most about 20 accumulators plus the gradient and input packs in registers;
+/// with more it spills inside the loop (a block then runs at a third of the peak).
+template <class V>
+constexpr index_t wgrad_max_taps(index_t ob) noexcept {
+  if (sizeof(V) >= 64) return ob >= 4 ? 5 : ob == 2 ? 4 : 8;
+  return ob >= 4 ? 2 : ob == 2 ? 2 : 4;
+}
+template <class V>
+constexpr index_t wgrad_packs(index_t ob) noexcept {
+  return ob >= 4 ? 1 : 2;
+}
+
+/// One register block of the weight-gradient sweep, for Pb consecutive packs of lanes: for
+/// o < Ob, j < Jb, p < Pb (pslots >= Pb partial packs per (o, j))
+///   part[(o * pstride + j) pslots + p] += sum_{k < n} g[o](k) x(off[j * tile + k])   (pack p)
+/// with g[o](k) at g + k g_step + o g_ch. Sum order: k ascending, onto the running partial.
+/// Each gathered input address serves Ob x Pb FMAs (the index loads, not the FMAs, limit a block
+/// with Pb = 1). do-while: the body always runs, so GCC keeps acc in registers across the loop.
+template <class V, index_t Ob, index_t Jb, index_t Pb, class T>
+NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step, offset_t g_ch, const T* NORMFLOW_RESTRICT x,
+                        const offset_t* NORMFLOW_RESTRICT off, index_t tile, index_t n, T* NORMFLOW_RESTRICT part,
+                        index_t pstride, index_t pslots) noexcept {
   constexpr index_t W = simd::pack_size<V>;
-  V acc[Ob][Jb];
-  const index_t* NORMFLOW_RESTRICT nb[Jb];
-  index_t ch[Jb];
-  for (index_t j = 0; j < Jb; ++j) {
-    nb[j] = a.taps + offset_t((j0 + j) % a.ntaps) * a.volume;
-    ch[j] = (j0 + j) / a.ntaps;
-    for (index_t o = 0; o < Ob; ++o) acc[o][j] = V(T(0));
-  }
-  const index_t s1 = a.site_end < 0 ? a.volume : a.site_end;
-  for (index_t s = a.site_begin; s < s1; ++s) {
-    const T* NORMFLOW_RESTRICT g = a.gz + (offset_t(s) * a.cout + o0) * a.stride;
-    const T* NORMFLOW_RESTRICT x[Jb];
-    for (index_t j = 0; j < Jb; ++j) x[j] = a.in + (offset_t(nb[j][s]) * a.cin + ch[j]) * a.stride;
-    for (index_t b = 0; b < a.stride; b += W) {
-      V gv[Ob], xv[Jb];
-      for (index_t o = 0; o < Ob; ++o) gv[o] = simd::load<V>(g + offset_t(o) * a.stride + b);
-      for (index_t j = 0; j < Jb; ++j) xv[j] = simd::load<V>(x[j] + b);
-      for (index_t o = 0; o < Ob; ++o)
-        for (index_t j = 0; j < Jb; ++j) acc[o][j] = fused_multiply_add(gv[o], xv[j], acc[o][j]);
+  V acc[Ob][Jb][Pb];
+  for (index_t o = 0; o < Ob; ++o)
+    for (index_t j = 0; j < Jb; ++j)
+      for (index_t p = 0; p < Pb; ++p)
+        acc[o][j][p] = simd::load<V>(part + ((offset_t(o) * pstride + j) * pslots + p) * W);
+  const T* NORMFLOW_RESTRICT xj[Jb];
+  index_t k = 0;
+  do {
+    for (index_t j = 0; j < Jb; ++j) xj[j] = x + off[offset_t(j) * tile + k];
+    for (index_t p = 0; p < Pb; ++p) {
+      V gv[Ob];
+      for (index_t o = 0; o < Ob; ++o) gv[o] = simd::load<V>(g + offset_t(o) * g_ch + p * W);
+      for (index_t j = 0; j < Jb; ++j) {
+        const V xv = simd::load<V>(xj[j] + p * W);
+        for (index_t o = 0; o < Ob; ++o) acc[o][j][p] = simd::fma(gv[o], xv, acc[o][j][p]);
+      }
     }
+    g += g_step;
+  } while (++k < n);
+  for (index_t o = 0; o < Ob; ++o)
+    for (index_t j = 0; j < Jb; ++j)
+      for (index_t p = 0; p < Pb; ++p)
+        simd::store(part + ((offset_t(o) * pstride + j) * pslots + p) * W, acc[o][j][p]);
+}
+
+/// wgrad_block with the tap-block width jb (1 <= jb <= Jmax) as a template argument.
+template <class V, index_t Ob, index_t Jmax, index_t Pb, class T>
+NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, offset_t g_step, offset_t g_ch, const T* x,
+                                          const offset_t* off, index_t tile, index_t n, T* part, index_t pstride,
+                                          index_t pslots) noexcept {
+  if constexpr (Jmax >= 1) {
+    if (jb == Jmax)
+      wgrad_block<V, Ob, Jmax, Pb>(g, g_step, g_ch, x, off, tile, n, part, pstride, pslots);
+    else
+      wgrad_block_n<V, Ob, Jmax - 1, Pb>(jb, g, g_step, g_ch, x, off, tile, n, part, pstride, pslots);
+  }
+}
+
+/// One weight-gradient work item: rows [o0, o0 + Ob), input channels [i0, i1) (at most
+/// wgrad_group_channels), taps [t0, t0 + nt) (nt <= wgrad_group_taps). The site range is swept in
+/// tiles of wgrad_tile_sites sites; per tile, pack after pack of lanes, every (channel, tap
+/// block) of the item sweeps the tile's sites, so the tile's gradient and input packs are read
+/// from L2 once and then reused from L1 (a sweep of all sites per register block streams
+/// everything from L2 and runs at ~60% of the FMA peak). Partial sums: one pack per (o, i, t),
+/// each in the fixed order tiles, packs, sites; finally their lanes are summed (horizontal_sum)
+/// onto grad_weight.
+template <class V, index_t Ob, class T>
+void wgrad_item(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
+  constexpr index_t Pb = wgrad_packs<V>(Ob);
+  constexpr index_t tile = wgrad_tile_sites;
+  alignas(64) T part[Ob * wgrad_group_channels * wgrad_group_taps * Pb * W];
+  alignas(64) offset_t off[wgrad_group_taps * tile];
+  const index_t nc = i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o * nc + c) * nt + t) Pb W
+  std::fill(part, part + Ob * pstride * Pb * W, T(0));
+  const offset_t g_step = a.gz_site;
+  const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
+  const index_t s_end = a.site_end < 0 ? a.volume : a.site_end;
+  for (index_t s0 = a.site_begin; s0 < s_end; s0 += tile) {
+    const index_t n = std::min(tile, s_end - s0);
+    for (index_t t = 0; t < nt; ++t)
+      for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * a.in_site;
+    // blocks of Pb packs, then single packs; partial (o, c, t) holds one pack per lane offset
+    // p < Pb: lanes b + p W of every block land in slot p (fixed, thread-independent order).
+    auto sweep = [&]<index_t P>(std::integral_constant<index_t, P>, index_t b) {
+      const T* g = a.gz + offset_t(s0) * a.gz_site + offset_t(o0) * a.stride + b;
+      for (index_t c = 0; c < nc; ++c) {
+        const T* x = a.in + offset_t(i0 + c) * a.stride + b;
+        for (index_t q = 0; q < nblocks; ++q) {
+          const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
+          wgrad_block_n<V, Ob, Jmax, P>(j1 - j0, g, g_step, a.stride, x, off + j0 * tile, tile, n,
+                                        part + (offset_t(c) * nt + j0) * Pb * W, pstride, Pb);
+        }
+      }
+    };
+    index_t b = 0;
+    for (; b + Pb * W <= a.stride; b += Pb * W) sweep(std::integral_constant<index_t, Pb>{}, b);
+    for (; b < a.stride; b += W) sweep(std::integral_constant<index_t, 1>{}, b);
   }
   const offset_t cols = offset_t(a.cin) * a.ntaps;
   for (index_t o = 0; o < Ob; ++o)
-    for (index_t j = 0; j < Jb; ++j) a.grad_weight[(o0 + o) * cols + j0 + j] += horizontal_sum(acc[o][j]);
+    for (index_t c = 0; c < nc; ++c)
+      for (index_t t = 0; t < nt; ++t) {
+        const T* pp = part + ((offset_t(o) * nc + c) * nt + t) * Pb * W;
+        V sum = simd::load<V>(pp);
+        for (index_t p = 1; p < Pb; ++p) sum += simd::load<V>(pp + p * W);
+        a.grad_weight[(o0 + o) * cols + offset_t(i0 + c) * a.ntaps + t0 + t] += horizontal_sum(sum);
+      }
 }
 
 /// Bias gradient of output channel o (sites ascending, packs ascending, then the lanes).
@@ -231,51 +405,61 @@ inline void bias_grad(const ConvGradArgs<T>& a, index_t o) noexcept {
   V acc(T(0));
   const index_t s1 = a.site_end < 0 ? a.volume : a.site_end;
   for (index_t s = a.site_begin; s < s1; ++s) {
-    const T* g = a.gz + (offset_t(s) * a.cout + o) * a.stride;
+    const T* g = a.gz + offset_t(s) * a.gz_site + offset_t(o) * a.stride;
     for (index_t b = 0; b < a.stride; b += W) acc += simd::load<V>(g + b);
   }
   a.grad_bias[o] += horizontal_sum(acc);
 }
 
-/// Blocks of a range of n rows or columns: n / B blocks of B, then n % B single ones.
-struct Blocks {
-  index_t full, count;  ///< number of B-wide blocks; all blocks
-  template <index_t B>
-  static constexpr Blocks of(index_t n) noexcept {
-    return {n / B, n / B + n % B};
-  }
-  /// First index of block k (B-wide blocks first).
-  template <index_t B>
-  constexpr index_t first(index_t k) const noexcept {
-    return k < full ? k * B : full * B + (k - full);
-  }
+/// Row blocks of the weight gradient: 4 rows, then one of 2 and one of 1 for the remainder.
+struct WgradRows {
+  index_t o0, ob;
 };
+inline index_t wgrad_row_blocks(index_t cout, WgradRows* out) noexcept {
+  index_t n = 0, o0 = 0;
+  for (; o0 + 4 <= cout; o0 += 4) out[n++] = {o0, 4};
+  if (cout - o0 >= 2) out[n++] = {o0, 2}, o0 += 2;
+  if (cout - o0 >= 1) out[n++] = {o0, 1};
+  return n;
+}
 
-/// Adds the weight and bias gradients of one convolution. Work items: (row block, column
-/// block) of the weight gradient, then one per bias entry; items write disjoint entries.
+/// Adds the weight and bias gradients of one convolution. Work items: (row block, input channel,
+/// tap group) of the weight gradient (see wgrad_item), then one per bias entry; items write
+/// disjoint entries, each in a fixed order.
 template <class T, class Exec>
-void conv_param_grad(Exec exec, const ConvGradArgs<T>& a) {
+void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
+  if (a.gz_site == 0) a.gz_site = offset_t(a.cout) * a.stride;
+  if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
   using V = simd::native_pack<T>;
-  constexpr index_t Ob = 4, Jb = conv_accumulators<V> / 4;  // 4 x 4 (AVX-512) or 4 x 2
-  const Blocks ob = Blocks::of<Ob>(a.cout), jb = Blocks::of<Jb>(a.cin * a.ntaps);
-  const offset_t weight_items = offset_t(ob.count) * jb.count;
+  const index_t nrow = (a.cout + 3) / 4 + 2;  // upper bound on the row blocks
+  std::vector<WgradRows> rows_buf;
+  WgradRows rows_small[64];
+  WgradRows* rows = rows_small;
+  if (nrow > 64) {
+    rows_buf.resize(std::size_t(nrow));
+    rows = rows_buf.data();
+  }
+  const index_t nrows = wgrad_row_blocks(a.cout, rows);
+  const index_t ngroups = (a.ntaps + wgrad_group_taps - 1) / wgrad_group_taps;  // balanced tap groups
+  const index_t nchan = (a.cin + wgrad_group_channels - 1) / wgrad_group_channels;  // balanced channel groups
+  const offset_t per_row = offset_t(nchan) * ngroups;
+  const offset_t weight_items = offset_t(nrows) * per_row;
   const offset_t bias_items = a.grad_bias ? a.cout : 0;
   exec::parallel_for(exec, weight_items + bias_items, [=](offset_t item) {
     if (item >= weight_items) {
       bias_grad<V>(a, index_t(item - weight_items));
       return;
     }
-    const index_t ko = index_t(item / jb.count), kj = index_t(item % jb.count);
-    const index_t o0 = ob.first<Ob>(ko), j0 = jb.first<Jb>(kj);
-    const bool wide_o = ko < ob.full, wide_j = kj < jb.full;
-    if (wide_o && wide_j)
-      weight_grad_block<V, Ob, Jb>(a, o0, j0);
-    else if (wide_o)
-      weight_grad_block<V, Ob, 1>(a, o0, j0);
-    else if (wide_j)
-      weight_grad_block<V, 1, Jb>(a, o0, j0);
+    const WgradRows r = rows[item / per_row];
+    const index_t ci = index_t(item % per_row / ngroups), q = index_t(item % ngroups);
+    const index_t i0 = index_t(offset_t(ci) * a.cin / nchan), i1 = index_t(offset_t(ci + 1) * a.cin / nchan);
+    const index_t t0 = q * a.ntaps / ngroups, t1 = (q + 1) * a.ntaps / ngroups;
+    if (r.ob == 4)
+      wgrad_item<V, 4>(a, r.o0, i0, i1, t0, t1 - t0);
+    else if (r.ob == 2)
+      wgrad_item<V, 2>(a, r.o0, i0, i1, t0, t1 - t0);
     else
-      weight_grad_block<V, 1, 1>(a, o0, j0);
+      wgrad_item<V, 1>(a, r.o0, i0, i1, t0, t1 - t0);
   });
 }
 

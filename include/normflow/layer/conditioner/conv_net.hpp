@@ -108,7 +108,7 @@ class ConvWorkspace {
   buffer m_x;                       // copy of the input, padding lanes zero
   std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z and h = f(z)
   buffer m_g0, m_g1;                // backward: cotangents of two consecutive layers
-  buffer m_wt;                      // backward: flipped, transposed weights of one layer
+  buffer m_wt;                      // one layer's weights packed for the kernel (pack_conv_weights)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
 };
 
@@ -221,14 +221,22 @@ class ConvStack {
     require_batch(y.batch(), x.batch(), where, "y", "x");
     require_range(out_sites, where, "out_sites");
     prepare(ws, x.batch(), x.padded_batch());
-    copy_real_lanes(exec, x.data(), ws.m_x.data(), m_config.in_channels, x.batch(), x.padded_batch());
+    const index_t stride = ws.m_stride;
+    copy_real_lanes(exec, x.data(), offset_t(m_config.in_channels) * stride, ws.m_x.data(),
+                    site_stride(m_config.in_channels, stride), m_config.in_channels, x.batch(), stride);
     ws.m_out = out_sites;
 
     const T* in = ws.m_x.data();
     for (index_t l = 0; l < num_layers(); ++l) {
-      detail::ConvKernelArgs<T> args = layer_args(params, l, in, ws.m_stride);
+      detail::pack_conv_weights(params.data() + weight_offset(l), ws.m_wt.data(), in_channels(l), out_channels(l),
+                                m_taps_count, false);
+      detail::ConvKernelArgs<T> args = layer_args(params, ws.m_wt.data(), l, in, stride);
       const bool last = l + 1 == num_layers();
-      if (last) args.site_begin = out_sites.begin, args.site_end = out_sites.end;
+      args.in_site = site_stride(in_channels(l), stride);
+      if (last)
+        args.site_begin = out_sites.begin, args.site_end = out_sites.end;  // y: Field's layout
+      else
+        args.out_site = site_stride(out_channels(l), stride);
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (last) {
         out.out = y.data();
@@ -269,35 +277,54 @@ class ConvStack {
     T* g = ws.m_g0.data();
     T* g_next = ws.m_g1.data();
     require_range(in_sites, where, "in_sites");
-    copy_real_lanes(exec, gy.data(), g, m_config.out_channels, gy.batch(), ws.m_stride);
-    {  // gy is zero outside the sites the forward pass computed
+    const index_t stride = ws.m_stride;
+    {  // g = gy in the sites the forward pass computed, zero elsewhere and in the padding lanes
+      const offset_t site = site_stride(m_config.out_channels, stride);
+      copy_real_lanes(exec, gy.data(), offset_t(m_config.out_channels) * stride, g, site, m_config.out_channels,
+                      gy.batch(), stride);
       const index_t o0 = ws.m_out.begin, o1 = ws.m_out.end < 0 ? volume : ws.m_out.end;
-      const std::size_t site_size = std::size_t(m_config.out_channels) * std::size_t(ws.m_stride);
-      std::fill(g, g + std::size_t(o0) * site_size, T(0));
-      std::fill(g + std::size_t(o1) * site_size, g + std::size_t(volume) * site_size, T(0));
+      std::fill(g, g + offset_t(o0) * site, T(0));
+      std::fill(g + offset_t(o1) * site, g + offset_t(volume) * site, T(0));
     }
     for (index_t l = num_layers() - 1; l >= 0; --l) {
       const index_t cin = in_channels(l), cout = out_channels(l);
       const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
       if (!grads.empty()) {
-        detail::ConvGradArgs<T> gargs{g, in, m_taps.data(), cin, cout, m_taps_count, volume, ws.m_stride,
+        detail::ConvGradArgs<T> gargs{g,
+                                      in,
+                                      m_taps.data(),
+                                      cin,
+                                      cout,
+                                      m_taps_count,
+                                      volume,
+                                      stride,
                                       grads.data() + weight_offset(l),
-                                      m_config.bias ? grads.data() + bias_offset(l) : nullptr, 0, -1};
+                                      m_config.bias ? grads.data() + bias_offset(l) : nullptr,
+                                      0,
+                                      -1,
+                                      site_stride(cout, stride),
+                                      site_stride(cin, stride)};
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         detail::conv_param_grad(exec, gargs);
       }
 
-      // W^T[i][o][t] = W[o][i][K - 1 - t]: tap K - 1 - t is -delta_t.
-      const T* w = params.data() + weight_offset(l);
+      // The adjoint convolution cout -> cin with W^T[i][o][t] = W[o][i][K - 1 - t] (tap K - 1 - t
+      // is -delta_t), packed for the kernel.
       T* wt = ws.m_wt.data();
-      for (index_t i = 0; i < cin; ++i)
-        for (index_t o = 0; o < cout; ++o)
-          for (index_t t = 0; t < m_taps_count; ++t)
-            wt[(offset_t(i) * cout + o) * m_taps_count + t] =
-                w[(offset_t(o) * cin + i) * m_taps_count + (m_taps_count - 1 - t)];
-      const detail::ConvKernelArgs<T> args{g,      wt,           nullptr,
-                                           m_taps.data(), cout, cin, m_taps_count, volume, ws.m_stride,
-                                           l == 0 ? in_sites.begin : 0, l == 0 ? in_sites.end : -1};
+      detail::pack_conv_weights(params.data() + weight_offset(l), wt, cout, cin, m_taps_count, true);
+      const detail::ConvKernelArgs<T> args{g,
+                                           wt,
+                                           nullptr,
+                                           m_taps.data(),
+                                           cout,
+                                           cin,
+                                           m_taps_count,
+                                           volume,
+                                           stride,
+                                           l == 0 ? in_sites.begin : 0,
+                                           l == 0 ? in_sites.end : -1,
+                                           site_stride(cout, stride),
+                                           l == 0 ? offset_t(0) : site_stride(cin, stride)};  // gx: Field's layout
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (l == 0) {
         out.out = gx.data();
@@ -378,44 +405,53 @@ class ConvStack {
       throw ShapeError(detail::concat(where, ": batch sizes differ (", a, ": ", got, ", ", b, ": ", want, ")"));
   }
 
+  /// Distance between sites in the workspace's buffers of c channels (detail::conv_site_stride).
+  static offset_t site_stride(index_t c, index_t stride) noexcept { return detail::conv_site_stride<T>(c, stride); }
+
   /// Lays out ws for this network and batch; allocates only when a size changes.
   void prepare(Workspace& ws, index_t batch, index_t stride) const {
-    const std::size_t site_lanes = std::size_t(volume) * std::size_t(stride);
     const std::size_t hidden = m_channels.size() - 2;
-    index_t max_c = 0, max_w = 0;
+    auto sites = [&](index_t c) { return std::size_t(volume) * std::size_t(site_stride(c, stride)); };
+    std::size_t max_g = 0;
+    index_t max_w = 0;
     for (index_t l = 0; l < num_layers(); ++l) {
-      max_c = std::max({max_c, in_channels(l), out_channels(l)});
+      max_g = std::max({max_g, sites(in_channels(l)), sites(out_channels(l))});
       max_w = std::max(max_w, in_channels(l) * out_channels(l) * m_taps_count);
     }
     ws.m_batch = batch;
     ws.m_stride = stride;
     if (ws.m_channels != m_channels) ws.m_channels = m_channels;
-    ws.m_x.resize(site_lanes * std::size_t(m_config.in_channels));
+    ws.m_x.resize(sites(m_config.in_channels));
     ws.m_z.resize(hidden);
     ws.m_h.resize(m_config.activation == Activation::none ? 0 : hidden);
     for (std::size_t l = 0; l < hidden; ++l) {
-      ws.m_z[l].resize(site_lanes * std::size_t(m_channels[l + 1]));
-      if (m_config.activation != Activation::none) ws.m_h[l].resize(site_lanes * std::size_t(m_channels[l + 1]));
+      ws.m_z[l].resize(sites(m_channels[l + 1]));
+      if (m_config.activation != Activation::none) ws.m_h[l].resize(sites(m_channels[l + 1]));
     }
-    ws.m_g0.resize(site_lanes * std::size_t(max_c));
-    ws.m_g1.resize(site_lanes * std::size_t(max_c));
+    ws.m_g0.resize(max_g);
+    ws.m_g1.resize(max_g);
     ws.m_wt.resize(std::size_t(max_w));
   }
 
-  /// dst = src in the real lanes b < batch, 0 in the padding lanes (same layout, c channels).
+  /// dst = src in the real lanes b < batch, 0 in the padding lanes (c channels; sites src_site
+  /// and dst_site apart).
   template <class Exec>
-  static void copy_real_lanes(Exec exec, const T* src, T* dst, index_t c, index_t batch, index_t stride) {
+  static void copy_real_lanes(Exec exec, const T* src, offset_t src_site, T* dst, offset_t dst_site, index_t c,
+                              index_t batch, index_t stride) {
     exec::parallel_for(exec, volume, [=](offset_t s) {
-      for (offset_t k = s * c; k < (s + 1) * c; ++k) {
-        std::copy_n(src + k * stride, batch, dst + k * stride);
-        std::fill(dst + k * stride + batch, dst + (k + 1) * stride, T(0));
+      for (index_t k = 0; k < c; ++k) {
+        const T* from = src + s * src_site + offset_t(k) * stride;
+        T* to = dst + s * dst_site + offset_t(k) * stride;
+        std::copy_n(from, batch, to);
+        std::fill(to + batch, to + stride, T(0));
       }
     });
   }
 
-  detail::ConvKernelArgs<T> layer_args(std::span<const T> params, index_t l, const T* in, index_t stride) const {
+  detail::ConvKernelArgs<T> layer_args(std::span<const T> params, const T* packed, index_t l, const T* in,
+                                       index_t stride) const {
     return {in,
-            params.data() + weight_offset(l),
+            packed,
             m_config.bias ? params.data() + bias_offset(l) : nullptr,
             m_taps.data(),
             in_channels(l),
