@@ -16,13 +16,16 @@
 /// at 0 (finite-difference tests keep |z| away from it with high probability only).
 ///
 /// The functions take V, a scalar or a host SIMD pack: pack overloads (tanh, exp, select)
-/// are found by argument-dependent lookup next to the pack type, so this header does not include
-/// the SIMD library.
+/// are found by argument-dependent lookup next to the pack type.
+/// tanh of float packs is a rational minimax approximation (fast_tanh: at most 4.3 ulp from the
+/// correctly rounded value, odd exactly, half the cost of the library's tanh); scalars and double
+/// packs use the library's tanh.
 
 #include <cmath>
 #include <type_traits>
 
 #include <normflow/config.hpp>
+#include <normflow/simd/pack.hpp>
 
 namespace normflow {
 
@@ -73,12 +76,38 @@ NORMFLOW_ALWAYS_INLINE V select_lanes(const M& m, const V& a, const V& b) noexce
     return select(m, a, b);
 }
 
+/// tanh of a float pack: the [13/6] rational minimax approximation of Eigen's
+/// generic_fast_tanh_float (x clamped to +-7.9988, where tanh rounds to +-1 in float; tiny |x|
+/// returns x). Measured against the double tanh on 2^20 points of [-12, 12]: at most 4.3 ulp.
+/// Odd: p(x) is odd, q(x) even, the clamp symmetric.
+template <class V>
+NORMFLOW_ALWAYS_INLINE V fast_tanh_float(const V& a) noexcept {
+  const V c(7.99881172180175781f);
+  const V x = xsimd::max(xsimd::min(a, c), -c);
+  const V x2 = x * x;
+  V p = simd::fma(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
+  p = simd::fma(x2, p, V(-8.60467152213735e-11f));
+  p = simd::fma(x2, p, V(5.12229709037114e-08f));
+  p = simd::fma(x2, p, V(1.48572235717979e-05f));
+  p = simd::fma(x2, p, V(6.37261928875436e-04f));
+  p = simd::fma(x2, p, V(4.89352455891786e-03f));
+  p = x * p;
+  V q = simd::fma(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
+  q = simd::fma(x2, q, V(2.26843463243900e-03f));
+  q = simd::fma(x2, q, V(4.89352518554385e-03f));
+  return xsimd::select(xsimd::abs(a) < V(0.0004f), a, p / q);
+}
+
 /// One activation as a type: f(z) and f'(z) given (z, h = f(z)). See the file comment.
 struct TanhActivation {
   template <class V>
   NORMFLOW_ALWAYS_INLINE static V f(const V& z) noexcept {
-    using std::tanh;
-    return tanh(z);
+    if constexpr (!std::is_arithmetic_v<V> && std::is_same_v<simd::scalar_t<V>, float>) {
+      return fast_tanh_float(z);
+    } else {
+      using std::tanh;
+      return tanh(z);
+    }
   }
   template <class V>
   NORMFLOW_ALWAYS_INLINE static V df(const V&, const V& h) noexcept {
@@ -124,6 +153,10 @@ struct IdentityActivation {
     return splat<V>(1);
   }
 };
+
+/// True when f'(z) is a function of h = f(z) alone (tanh: 1 - h^2; leaky_relu: h > 0 iff z > 0;
+/// none): the conditioner then keeps h only, computing it in place over the pre-activation.
+constexpr bool derivative_from_output(Activation a) noexcept { return a != Activation::silu; }
 
 /// Calls f(Op{}) with the activation type of a (the switch stays outside the lane loops).
 template <class F>

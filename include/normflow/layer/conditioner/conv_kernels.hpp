@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <vector>
 
 #include <normflow/config.hpp>
 #include <normflow/exec/host.hpp>
@@ -274,6 +273,7 @@ struct ConvGradArgs {
   index_t site_end = -1;   ///< -1: volume
   offset_t gz_site = 0;    ///< distance between sites of gz (0: cout * stride)
   offset_t in_site = 0;    ///< distance between sites of in (0: cin * stride)
+  T* scratch = nullptr;    ///< conv_param_grad_scratch(...) elements, 64-byte aligned
 };
 
 /// Sites per tile of the weight-gradient sweep, and taps per weight-gradient work item.
@@ -345,33 +345,38 @@ NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, offset_t g_ste
   }
 }
 
-/// One weight-gradient work item: rows [o0, o0 + Ob), input channels [i0, i1) (at most
-/// wgrad_group_channels), taps [t0, t0 + nt) (nt <= wgrad_group_taps). The site range is swept in
-/// tiles of wgrad_tile_sites sites; per tile, pack after pack of lanes, every (channel, tap
-/// block) of the item sweeps the tile's sites, so the tile's gradient and input packs are read
-/// from L2 once and then reused from L1 (a sweep of all sites per register block streams
-/// everything from L2 and runs at ~60% of the FMA peak). Partial sums: one pack per (o, i, t),
-/// each in the fixed order tiles, packs, sites; finally their lanes are summed (horizontal_sum)
-/// onto grad_weight.
+/// Partial sums one weight-gradient work unit leaves (elements of T, an upper bound over the
+/// row-block widths: Ob x channels x taps x Pb packs).
+template <class T>
+inline constexpr std::size_t wgrad_unit_partials =
+    std::size_t(4 * wgrad_group_channels * wgrad_group_taps * 2 * simd::pack_size<simd::native_pack<T>>);
+
+/// One weight-gradient work unit: rows [o0, o0 + Ob), input channels [i0, i1) (at most
+/// wgrad_group_channels), taps [t0, t0 + nt) (nt <= wgrad_group_taps), output sites [s_begin,
+/// s_end) (one chunk). The sites are swept in tiles of wgrad_tile_sites; per tile, pack after pack
+/// of lanes, every (channel, tap block) of the unit sweeps the tile's sites, so the tile's
+/// gradient and input packs are read from L2 once and then reused from L1 (a sweep of all sites
+/// per register block streams everything from L2 and runs at ~60% of the FMA peak). Writes its
+/// partial sums to out: pack p of (o, c, t) at (((o nc + c) nt + t) Pb + p) W, each summed in
+/// the fixed order tiles, packs, sites.
 template <class V, index_t Ob, class T>
-void wgrad_item(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt) noexcept {
+void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
+                index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
   constexpr index_t Pb = wgrad_packs<V>(Ob);
   constexpr index_t tile = wgrad_tile_sites;
-  alignas(64) T part[Ob * wgrad_group_channels * wgrad_group_taps * Pb * W];
   alignas(64) offset_t off[wgrad_group_taps * tile];
-  const index_t nc = i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o * nc + c) * nt + t) Pb W
+  const index_t nc = i1 - i0, pstride = nc * nt;
+  T* part = out;
   std::fill(part, part + Ob * pstride * Pb * W, T(0));
   const offset_t g_step = a.gz_site;
   const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
-  const index_t s_end = a.site_end < 0 ? a.volume : a.site_end;
-  for (index_t s0 = a.site_begin; s0 < s_end; s0 += tile) {
+  for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
     const index_t n = std::min(tile, s_end - s0);
     for (index_t t = 0; t < nt; ++t)
       for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * a.in_site;
-    // blocks of Pb packs, then single packs; partial (o, c, t) holds one pack per lane offset
-    // p < Pb: lanes b + p W of every block land in slot p (fixed, thread-independent order).
+    // blocks of Pb packs, then single packs; lanes b + p W of every block land in slot p
     auto sweep = [&]<index_t P>(std::integral_constant<index_t, P>, index_t b) {
       const T* g = a.gz + offset_t(s0) * a.gz_site + offset_t(o0) * a.stride + b;
       for (index_t c = 0; c < nc; ++c) {
@@ -387,13 +392,24 @@ void wgrad_item(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, in
     for (; b + Pb * W <= a.stride; b += Pb * W) sweep(std::integral_constant<index_t, Pb>{}, b);
     for (; b < a.stride; b += W) sweep(std::integral_constant<index_t, 1>{}, b);
   }
+}
+
+/// grad_weight[o][i][t] += the lanes of sum_{chunks} sum_{p} partial pack p of (o, i, t), for the
+/// entries of one work item (chunks ascending, then p, then the lanes: a fixed order).
+template <class V, index_t Ob, class T>
+void wgrad_reduce(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
+                  const T* partials, std::size_t chunk_stride, index_t nchunks) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  constexpr index_t Pb = wgrad_packs<V>(Ob);
+  const index_t nc = i1 - i0;
   const offset_t cols = offset_t(a.cin) * a.ntaps;
   for (index_t o = 0; o < Ob; ++o)
     for (index_t c = 0; c < nc; ++c)
       for (index_t t = 0; t < nt; ++t) {
-        const T* pp = part + ((offset_t(o) * nc + c) * nt + t) * Pb * W;
-        V sum = simd::load<V>(pp);
-        for (index_t p = 1; p < Pb; ++p) sum += simd::load<V>(pp + p * W);
+        const std::size_t at = std::size_t(((offset_t(o) * nc + c) * nt + t) * Pb * W);
+        V sum(T(0));
+        for (index_t ch = 0; ch < nchunks; ++ch)
+          for (index_t p = 0; p < Pb; ++p) sum += simd::load<V>(partials + std::size_t(ch) * chunk_stride + at + std::size_t(p * W));
         a.grad_weight[(o0 + o) * cols + offset_t(i0 + c) * a.ntaps + t0 + t] += horizontal_sum(sum);
       }
 }
@@ -411,55 +427,99 @@ inline void bias_grad(const ConvGradArgs<T>& a, index_t o) noexcept {
   a.grad_bias[o] += horizontal_sum(acc);
 }
 
-/// Row blocks of the weight gradient: 4 rows, then one of 2 and one of 1 for the remainder.
+/// Row blocks of the weight gradient: blocks of 4 rows, then one of 2 and one of 1 for the
+/// remainder of cout.
 struct WgradRows {
   index_t o0, ob;
 };
-inline index_t wgrad_row_blocks(index_t cout, WgradRows* out) noexcept {
-  index_t n = 0, o0 = 0;
-  for (; o0 + 4 <= cout; o0 += 4) out[n++] = {o0, 4};
-  if (cout - o0 >= 2) out[n++] = {o0, 2}, o0 += 2;
-  if (cout - o0 >= 1) out[n++] = {o0, 1};
-  return n;
+inline index_t wgrad_nrows(index_t cout) noexcept { return cout / 4 + (cout % 4 >= 2) + (cout % 2); }
+inline WgradRows wgrad_row(index_t cout, index_t k) noexcept {
+  const index_t full = cout / 4;
+  if (k < full) return {4 * k, 4};
+  if (k == full && cout % 4 >= 2) return {4 * full, 2};
+  return {cout - 1, 1};
 }
 
-/// Adds the weight and bias gradients of one convolution. Work items: (row block, input channel,
-/// tap group) of the weight gradient (see wgrad_item), then one per bias entry; items write
-/// disjoint entries, each in a fixed order.
+/// Sites per chunk of the weight gradient (see conv_param_grad).
+inline constexpr index_t wgrad_chunk_sites = 128;
+
+/// The work decomposition of one weight gradient: items (row block, input-channel group, tap
+/// group) x chunks of output sites.
+struct WgradPlan {
+  index_t nrows, nchan, ngroups, nitems, nchunks;
+  WgradPlan(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept
+      : nrows(wgrad_nrows(cout)),
+        nchan((cin + wgrad_group_channels - 1) / wgrad_group_channels),
+        ngroups((ntaps + wgrad_group_taps - 1) / wgrad_group_taps),
+        nitems(nrows * nchan * ngroups),
+        nchunks(std::max<index_t>(1, (sites + wgrad_chunk_sites - 1) / wgrad_chunk_sites)) {}
+  /// Item k's rows, channels [i0, i1) and taps [t0, t1) (balanced groups).
+  void item(index_t k, index_t cin, index_t cout, index_t ntaps, WgradRows& r, index_t& i0, index_t& i1, index_t& t0,
+            index_t& t1) const noexcept {
+    const index_t per_row = nchan * ngroups;
+    r = wgrad_row(cout, k / per_row);
+    const index_t ci = k % per_row / ngroups, q = k % ngroups;
+    i0 = index_t(offset_t(ci) * cin / nchan), i1 = index_t(offset_t(ci + 1) * cin / nchan);
+    t0 = index_t(offset_t(q) * ntaps / ngroups), t1 = index_t(offset_t(q + 1) * ntaps / ngroups);
+  }
+};
+
+/// Scratch (elements of T) conv_param_grad needs for a convolution cin -> cout with ntaps taps
+/// whose gradient gz is nonzero on `sites` output sites.
+template <class T>
+std::size_t conv_param_grad_scratch(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept {
+  const WgradPlan plan(cin, cout, ntaps, sites);
+  return std::size_t(plan.nitems) * std::size_t(plan.nchunks) * wgrad_unit_partials<T>;
+}
+
+/// Adds the weight and bias gradients of one convolution. The output sites are split into chunks
+/// of wgrad_chunk_sites (a fixed split, whatever the thread count); work units (chunk, item),
+/// chunk-major, each write their partial sums to their own slot of a.scratch (so one thread's
+/// consecutive units share the chunk's data in L2); then one work item per weight-gradient item
+/// sums the chunks' partials in chunk order onto grad_weight, and one per bias entry adds the bias
+/// gradient. Every entry is summed in a fixed order: bitwise the same for any thread count.
 template <class T, class Exec>
 void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
   if (a.gz_site == 0) a.gz_site = offset_t(a.cout) * a.stride;
   if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
   using V = simd::native_pack<T>;
-  const index_t nrow = (a.cout + 3) / 4 + 2;  // upper bound on the row blocks
-  std::vector<WgradRows> rows_buf;
-  WgradRows rows_small[64];
-  WgradRows* rows = rows_small;
-  if (nrow > 64) {
-    rows_buf.resize(std::size_t(nrow));
-    rows = rows_buf.data();
+  const index_t s_begin = a.site_begin, s_end = a.site_end < 0 ? a.volume : a.site_end;
+  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_end - s_begin);
+  const std::size_t chunk_stride = std::size_t(plan.nitems) * wgrad_unit_partials<T>;
+  NORMFLOW_ASSERT(a.scratch != nullptr);
+  auto dispatch = [&a, &plan](index_t k, auto&& f) {
+    WgradRows r;
+    index_t i0, i1, t0, t1;
+    plan.item(k, a.cin, a.cout, a.ntaps, r, i0, i1, t0, t1);
+    if (r.ob == 4)
+      f(std::integral_constant<index_t, 4>{}, r.o0, i0, i1, t0, t1 - t0);
+    else if (r.ob == 2)
+      f(std::integral_constant<index_t, 2>{}, r.o0, i0, i1, t0, t1 - t0);
+    else
+      f(std::integral_constant<index_t, 1>{}, r.o0, i0, i1, t0, t1 - t0);
+  };
+  if (s_end > s_begin) {
+    exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
+      const index_t ch = index_t(u / plan.nitems), k = index_t(u % plan.nitems);
+      const index_t c0 = s_begin + ch * wgrad_chunk_sites, c1 = std::min(s_end, c0 + wgrad_chunk_sites);
+      T* out = a.scratch + std::size_t(ch) * chunk_stride + std::size_t(k) * wgrad_unit_partials<T>;
+      dispatch(k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1, index_t t0,
+                                  index_t nt) { wgrad_unit<V, Ob>(a, o0, i0, i1, t0, nt, c0, c1, out); });
+    });
   }
-  const index_t nrows = wgrad_row_blocks(a.cout, rows);
-  const index_t ngroups = (a.ntaps + wgrad_group_taps - 1) / wgrad_group_taps;  // balanced tap groups
-  const index_t nchan = (a.cin + wgrad_group_channels - 1) / wgrad_group_channels;  // balanced channel groups
-  const offset_t per_row = offset_t(nchan) * ngroups;
-  const offset_t weight_items = offset_t(nrows) * per_row;
+  const index_t nchunks = s_end > s_begin ? plan.nchunks : 0;
   const offset_t bias_items = a.grad_bias ? a.cout : 0;
-  exec::parallel_for(exec, weight_items + bias_items, [=](offset_t item) {
-    if (item >= weight_items) {
-      bias_grad<V>(a, index_t(item - weight_items));
+  exec::parallel_for(exec, plan.nitems + bias_items, [&](offset_t item) {
+    if (item >= plan.nitems) {
+      bias_grad<V>(a, index_t(item - plan.nitems));
       return;
     }
-    const WgradRows r = rows[item / per_row];
-    const index_t ci = index_t(item % per_row / ngroups), q = index_t(item % ngroups);
-    const index_t i0 = index_t(offset_t(ci) * a.cin / nchan), i1 = index_t(offset_t(ci + 1) * a.cin / nchan);
-    const index_t t0 = q * a.ntaps / ngroups, t1 = (q + 1) * a.ntaps / ngroups;
-    if (r.ob == 4)
-      wgrad_item<V, 4>(a, r.o0, i0, i1, t0, t1 - t0);
-    else if (r.ob == 2)
-      wgrad_item<V, 2>(a, r.o0, i0, i1, t0, t1 - t0);
-    else
-      wgrad_item<V, 1>(a, r.o0, i0, i1, t0, t1 - t0);
+    const index_t k = index_t(item);
+    dispatch(k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1, index_t t0,
+                                index_t nt) {
+      wgrad_reduce<V, Ob>(a, o0, i0, i1, t0, nt, a.scratch + std::size_t(k) * wgrad_unit_partials<T>, chunk_stride,
+                          nchunks);
+    });
   });
 }
 

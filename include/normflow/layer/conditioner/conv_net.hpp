@@ -106,9 +106,10 @@ class ConvWorkspace {
   index_t m_stride = 0;
   std::vector<index_t> m_channels;  // architecture the buffers were laid out for
   buffer m_x;                       // copy of the input, padding lanes zero
-  std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z and h = f(z)
+  std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z (see keeps_z) and h = f(z)
   buffer m_g0, m_g1;                // backward: cotangents of two consecutive layers
   buffer m_wt;                      // one layer's weights packed for the kernel (pack_conv_weights)
+  buffer m_wscratch;                // backward: the weight gradient's partial sums (conv_param_grad)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
 };
 
@@ -245,8 +246,9 @@ class ConvStack {
         in = out.out;
       } else {
         out.mode = detail::ConvEpilogue::activate;
-        out.out = ws.m_z[std::size_t(l)].data();
+        // h = f(z) in place over z unless f' needs z (keeps_z)
         out.out_h = ws.m_h[std::size_t(l)].data();
+        out.out = keeps_z() ? ws.m_z[std::size_t(l)].data() : out.out_h;
         in = out.out_h;
       }
       detail::conv_forward(exec, args, out);
@@ -303,7 +305,8 @@ class ConvStack {
                                       0,
                                       -1,
                                       site_stride(cout, stride),
-                                      site_stride(cin, stride)};
+                                      site_stride(cin, stride),
+                                      ws.m_wscratch.data()};
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         detail::conv_param_grad(exec, gargs);
       }
@@ -332,8 +335,8 @@ class ConvStack {
         out.out = g_next;
         if (m_config.activation != Activation::none) {
           out.mode = detail::ConvEpilogue::derivative;
-          out.z = ws.m_z[std::size_t(l - 1)].data();
           out.h = ws.m_h[std::size_t(l - 1)].data();
+          out.z = keeps_z() ? ws.m_z[std::size_t(l - 1)].data() : out.h;  // f'(z) from h alone otherwise
         }
       }
       detail::conv_forward(exec, args, out);
@@ -412,25 +415,27 @@ class ConvStack {
   void prepare(Workspace& ws, index_t batch, index_t stride) const {
     const std::size_t hidden = m_channels.size() - 2;
     auto sites = [&](index_t c) { return std::size_t(volume) * std::size_t(site_stride(c, stride)); };
-    std::size_t max_g = 0;
+    std::size_t max_g = 0, max_scratch = 0;
     index_t max_w = 0;
     for (index_t l = 0; l < num_layers(); ++l) {
       max_g = std::max({max_g, sites(in_channels(l)), sites(out_channels(l))});
       max_w = std::max(max_w, in_channels(l) * out_channels(l) * m_taps_count);
+      max_scratch = std::max(max_scratch, detail::conv_param_grad_scratch<T>(in_channels(l), out_channels(l),
+                                                                              m_taps_count, volume));
     }
     ws.m_batch = batch;
     ws.m_stride = stride;
     if (ws.m_channels != m_channels) ws.m_channels = m_channels;
     ws.m_x.resize(sites(m_config.in_channels));
-    ws.m_z.resize(hidden);
-    ws.m_h.resize(m_config.activation == Activation::none ? 0 : hidden);
-    for (std::size_t l = 0; l < hidden; ++l) {
-      ws.m_z[l].resize(sites(m_channels[l + 1]));
-      if (m_config.activation != Activation::none) ws.m_h[l].resize(sites(m_channels[l + 1]));
-    }
+    const bool none = m_config.activation == Activation::none;
+    ws.m_z.resize(none || keeps_z() ? hidden : 0);
+    ws.m_h.resize(none ? 0 : hidden);
+    for (std::size_t l = 0; l < ws.m_z.size(); ++l) ws.m_z[l].resize(sites(m_channels[l + 1]));
+    for (std::size_t l = 0; l < ws.m_h.size(); ++l) ws.m_h[l].resize(sites(m_channels[l + 1]));
     ws.m_g0.resize(max_g);
     ws.m_g1.resize(max_g);
     ws.m_wt.resize(std::size_t(max_w));
+    ws.m_wscratch.resize(max_scratch);
   }
 
   /// dst = src in the real lanes b < batch, 0 in the padding lanes (c channels; sites src_site
@@ -468,6 +473,13 @@ class ConvStack {
     if (r.begin < 0 || r.begin > end || end > volume)
       throw ShapeError(detail::concat(where, ": ", name, " = [", r.begin, ", ", r.end, ") is not a block of [0, ",
                                       volume, ")"));
+  }
+
+  /// True when the workspace keeps the pre-activations z besides h = f(z): only where f' needs z
+  /// (silu; see derivative_from_output). Otherwise h is computed in place and the tape is 2 sum_j
+  /// H_j V smaller per sample.
+  bool keeps_z() const noexcept {
+    return m_config.activation != Activation::none && !detail::derivative_from_output(m_config.activation);
   }
 
   /// The activation a^{l+1} = f(z^l) of hidden layer l, the input of convolution l + 1.
