@@ -292,7 +292,7 @@ TEST_CASE("ConvStack: VJP on other orders, kernel sizes and depths") {
   check_directional_vjp<Lattice<4, 4>>(wide, 11);
 }
 
-TEST_CASE("ConvStack: VJP across weight-gradient tiles, lane blocks and channel groups") {
+TEST_CASE("ConvStack: VJP across weight-gradient chunks, tiles, lane blocks and channel groups") {
   // 80 sites: a full 64-site tile and a partial one; batch 37 in double: 5 packs of 8 lanes (two
   // 2-pack blocks and a single one, padding in the last); 13 hidden channels: row blocks 4, 4, 4, 1
   // and input-channel groups of 3 and 4; 27 taps in 3d: three tap groups.
@@ -301,6 +301,8 @@ TEST_CASE("ConvStack: VJP across weight-gradient tiles, lane blocks and channel 
   check_directional_vjp<Lattice<10, 8>>(wide, 21, 37);
   check_directional_vjp<Lattice<10, 8>, Lexicographic>(wide, 22, 16);
   check_directional_vjp<Lattice<4, 6, 4>>(wide, 23, 19);
+  // 256 sites: two weight-gradient chunks of 128 sites, four tiles
+  check_directional_vjp<Lattice<16, 16>>(wide, 24, 40);
 }
 
 TEST_CASE("ConvStack: every parameter and input gradient entry on Lattice<2, 2>") {
