@@ -190,8 +190,8 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
     if (tape.cond_in.batch() != batch) tape.cond_in.resize(batch);
     if (tape.theta.batch() != batch) tape.theta.resize(batch);
     const std::size_t run = std::size_t(half) * std::size_t(in.padded_batch());
-    std::copy_n(in.lanes(frozen_begin()), run, tape.cond_in.lanes(frozen_begin()));
-    std::fill_n(tape.cond_in.lanes(active_begin()), run, T(0));
+    exec::parallel_copy(host(exec), in.lanes(frozen_begin()), tape.cond_in.lanes(frozen_begin()), run);
+    exec::parallel_fill(host(exec), tape.cond_in.lanes(active_begin()), run, T(0));
     // theta is read on the active block only: the last convolution computes just that block
     m_net.forward(p, tape.cond_in, tape.theta, tape.ws, host(exec), SiteRange{active_begin(), active_begin() + half});
   }
@@ -203,7 +203,7 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
     if (out.batch() != in.batch()) out.resize(in.batch());
     condition(p, in, tape, exec);
     const std::size_t run = std::size_t(half) * std::size_t(in.padded_batch());
-    std::copy_n(in.lanes(frozen_begin()), run, out.lanes(frozen_begin()));
+    exec::parallel_copy(host(exec), in.lanes(frozen_begin()), out.lanes(frozen_begin()), run);
     const detail::CouplingMapKernel<Tr, Reverse, T, channels> k{
         m_tr, in.cview(), out.view(), tape.theta.cview(), log_det.data(), active_begin(), half};
     exec::parallel_for_lane_blocks<T>(host(exec), in.padded_batch(), k);
@@ -219,7 +219,8 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
     if (tape.g_cond.batch() != batch) tape.g_cond.resize(batch);
     detail::padded_copy(gl, stride, tape.gl);
     // g_theta: zero on frozen sites, the transform's adjoint on active sites
-    std::fill_n(tape.g_theta.lanes(frozen_begin()), std::size_t(half) * channels * std::size_t(stride), T(0));
+    exec::parallel_fill(host(exec), tape.g_theta.lanes(frozen_begin()), std::size_t(half) * channels * std::size_t(stride),
+                        T(0));
     const detail::CouplingAdjointKernel<Tr, Reverse, T, channels> k{
         m_tr, point.cview(), g_out.cview(), g_in.view(), tape.theta.cview(), tape.g_theta.view(), tape.gl.data(),
         active_begin()};

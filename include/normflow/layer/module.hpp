@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include <normflow/errors.hpp>
 #include <normflow/exec/exec.hpp>
@@ -101,16 +102,14 @@ class MapAdjointLayer {
                Tape& tape, Exec exec = {}) const {
     static const std::string where = std::string(Derived::layer_name) + "::forward";
     self().template map<false>(where.c_str(), p, x, y, log_det, tape, exec);
-    tape.x = x;
-    tape.y = y;
+    record(tape, x, y, exec);
   }
   template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
   void reverse(std::span<const typename F::value_type> p, const F& y, F& x, std::span<typename F::value_type> log_det,
                Tape& tape, Exec exec = {}) const {
     static const std::string where = std::string(Derived::layer_name) + "::reverse";
     self().template map<true>(where.c_str(), p, y, x, log_det, tape, exec);
-    tape.x = x;
-    tape.y = y;
+    record(tape, x, y, exec);
   }
   template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
   void backward(std::span<const typename F::value_type> p, Tape& tape, const F& gy,
@@ -129,6 +128,20 @@ class MapAdjointLayer {
 
  private:
   const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+
+  /// tape.x = x, tape.y = y (copied over the host threads when the sizes already match).
+  template <class F, class Tape, class Exec>
+  static void record(Tape& tape, const F& x, const F& y, Exec) {
+    if constexpr (std::is_same_v<Exec, exec::OpenMP>) {
+      if (tape.x.batch() == x.batch() && tape.y.batch() == y.batch()) {
+        exec::parallel_copy(exec::OpenMP{}, x.data(), tape.x.data(), x.size());
+        exec::parallel_copy(exec::OpenMP{}, y.data(), tape.y.data(), y.size());
+        return;
+      }
+    }
+    tape.x = x;
+    tape.y = y;
+  }
 };
 
 }  // namespace normflow

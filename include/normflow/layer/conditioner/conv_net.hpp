@@ -285,8 +285,8 @@ class ConvStack {
       copy_real_lanes(exec, gy.data(), offset_t(m_config.out_channels) * stride, g, site, m_config.out_channels,
                       gy.batch(), stride);
       const index_t o0 = ws.m_out.begin, o1 = ws.m_out.end < 0 ? volume : ws.m_out.end;
-      std::fill(g, g + offset_t(o0) * site, T(0));
-      std::fill(g + offset_t(o1) * site, g + offset_t(volume) * site, T(0));
+      exec::parallel_fill(exec, g, std::size_t(offset_t(o0) * site), T(0));
+      exec::parallel_fill(exec, g + offset_t(o1) * site, std::size_t(offset_t(volume - o1) * site), T(0));
     }
     for (index_t l = num_layers() - 1; l >= 0; --l) {
       const index_t cin = in_channels(l), cout = out_channels(l);
