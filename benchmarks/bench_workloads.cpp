@@ -40,12 +40,15 @@
 /// Activation memory (what one coupling keeps per sample, in scalars of sizeof(T); V sites, C the
 /// conditioner's output channels, H_j the hidden channel counts, c_max = max channel count):
 ///   kept from forward to backward: V (1 Chain::mid + 2 tape x, y + 1 cond_in + 1 ConvStack copy
-///                                     of the input + C theta + 2 sum_j H_j pre-activations z and
-///                                     activations h)
+///                                     of the input + C theta + sum_j H_j activations h; silu also
+///                                     keeps the pre-activations z: + sum_j H_j)
 ///   per-layer adjoint scratch:     V (1 g_cond + C g_theta + 2 c_max ConvStack g0, g1)
-/// Affine, H = (8, 8), C = 2, c_max = 8: V (39 + 19) = 58 V; on 8x8 in float 14 848 bytes per
-/// layer and sample, so W1 (16 layers, batch 128) holds 30.4 MB of tape. Spline C = 13,
-/// c_max = 13: 90 V.
+/// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
+/// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums add a few
+/// KB per layer, independent of the batch.)
+/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: V (23 + 19) = 42 V; on 8x8 in float 10 752 bytes
+/// per layer and sample, so W1 (16 layers, batch 128) holds 22.0 MB of tape. Spline C = 13,
+/// c_max = 13: V (34 + 40) = 74 V.
 
 #include <algorithm>
 #include <chrono>
@@ -232,7 +235,8 @@ struct Case {
 
 template <class M, class Make>
 std::optional<Case> step_case(const std::string& name, Make make, long long batch, int threads, bool path,
-                              double flop_per_step, std::string config, std::string lattice, std::string target) {
+                              double flop_per_step, std::string config, std::string lattice, std::string target,
+                              double lr = 0.01) {
   if (!selected(name)) return std::nullopt;
   struct Holder {
     std::unique_ptr<M> model;
@@ -241,7 +245,7 @@ std::optional<Case> step_case(const std::string& name, Make make, long long batc
   auto h = std::make_shared<Holder>();
   h->model = make();
   h->step = std::make_unique<Stepper<M>>(
-      *h->model, TrainConfig{.batch_size = batch, .lr = 0.01, .path_gradient = path, .progress = Progress::never});
+      *h->model, TrainConfig{.batch_size = batch, .lr = lr, .path_gradient = path, .progress = Progress::never});
   Case c;
   c.result.name = name;
   c.result.config = std::move(config);
@@ -331,26 +335,43 @@ void w1() {
 
 // --- W1_conv: the W1 conditioner's convolutions alone, against the FMA peak --------------------
 
-/// Peak FMA rate of one core for T (GFLOP/s): 12 independent pack accumulators, best of 5.
+/// W1_conv's per-kernel fractions of the peak (name, fraction), for the table's notes.
+std::vector<std::pair<std::string, double>> g_w1_conv_kinds;
+
+/// The FMA kernel: iters rounds of one FMA on each of 12 independent pack accumulators
+/// (2 x 12 x lanes FLOP per round); returns a sum that depends on every accumulator.
 template <class T>
-double fma_peak() {
+[[gnu::noinline]] T fma_kernel(long iters) {
   using V = simd::native_pack<T>;
   constexpr int A = 12;
+  V acc[A];
+  for (int i = 0; i < A; ++i) acc[i] = V(T(i) * T(1e-3));
+  const V a(T(0.999999)), b(T(1e-7));
+  for (long n = 0; n < iters; ++n)
+    for (int i = 0; i < A; ++i) acc[i] = simd::fma(acc[i], a, b);
+  T sink = 0;
+  for (int i = 0; i < A; ++i) sink += xsimd::hadd(acc[i]);
+  return sink;
+}
+
+/// Peak FMA rate of `threads` threads together for T (GFLOP/s; each thread runs fma_kernel),
+/// best of 5.
+template <class T>
+double fma_peak(int threads = 1) {
+  constexpr double flop_per_round = 2.0 * 12 * simd::pack_size<simd::native_pack<T>>;
+  const long iters = g_opt.quick ? 2'000'000 : 20'000'000;
   double best = 0;
   for (int rep = 0; rep < (g_opt.quick ? 1 : 5); ++rep) {
-    V acc[A];
-    for (int i = 0; i < A; ++i) acc[i] = V(T(i) * T(1e-3));
-    const V a(T(0.999999)), b(T(1e-7));
-    const long iters = g_opt.quick ? 2'000'000 : 20'000'000;
     const auto t0 = clock_type::now();
-    for (long n = 0; n < iters; ++n)
-      for (int i = 0; i < A; ++i) acc[i] = simd::fma(acc[i], a, b);
-    const double sec = seconds_since(t0);
     T sink = 0;
-    for (int i = 0; i < A; ++i) sink += xsimd::hadd(acc[i]);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+#endif
+    sink += fma_kernel<T>(iters);
+    const double sec = seconds_since(t0);
     volatile T keep = sink;
     (void)keep;
-    best = std::max(best, 2.0 * A * simd::pack_size<V> * double(iters) / sec * 1e-9);
+    best = std::max(best, threads * flop_per_round * double(iters) / sec * 1e-9);
   }
   return best;
 }
@@ -399,8 +420,8 @@ void w1_conv() {
   for (const Call& c : calls) flop += 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
   const detail::ConvOutput<T> store{detail::ConvEpilogue::store, Activation::none, nullptr, nullptr, nullptr, nullptr};
   auto site = [](index_t c, bool field) { return field ? offset_t(c) * B : detail::conv_site_stride<T>(c, B); };
-  auto run = [&] {
-    for (const Call& c : calls) {
+  auto run_one = [&](const Call& c) {
+    {
       if (c.grad) {
         const detail::ConvGradArgs<T> g{b.data(), a.data(),  taps.data(), c.cin,           c.cout,
                                         K,        V,         B,           gw.data(),       nullptr,
@@ -418,8 +439,25 @@ void w1_conv() {
       }
     }
   };
+  auto run = [&] {
+    for (const Call& c : calls) run_one(c);
+  };
   const double peak = fma_peak<T>();
   const Timing t = time_calls(run);
+  // each kind of call alone (the fastest repetition), for the breakdown in the table's notes
+  std::vector<std::pair<std::string, double>> kinds;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    const Call& c = calls[i];
+    const std::string name = std::string(c.grad ? "wgrad_" : "conv_") + std::to_string(c.cin) + "_" +
+                             std::to_string(c.cout) + (c.s1 - c.s0 < V ? "_half" : "");
+    bool seen = false;
+    for (const auto& kv : kinds) seen = seen || kv.first == name;
+    if (seen) continue;
+    const double f = 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
+    const Timing tk = time_calls([&] { run_one(c); });
+    kinds.emplace_back(name, f / tk.min * 1e-9 / peak);
+  }
+  g_w1_conv_kinds = kinds;
   Result r;
   r.name = "W1_conv";
   r.config = "the conv kernels of one W1 coupling's path step";
@@ -434,6 +472,7 @@ void w1_conv() {
   r.extra.emplace_back("fma_peak_gflops", peak);
   r.extra.emplace_back("fraction_of_peak", r.gflops / peak);
   r.extra.emplace_back("flop_per_coupling", flop);
+  for (const auto& [k, v] : kinds) r.extra.emplace_back("fraction_of_peak_" + k, v);
   r.pass = r.gflops >= 0.8 * peak;
   note("%.1f GFLOP/s of %.1f peak (%.0f%%)\n", r.gflops, peak, 100 * r.gflops / peak);
   g_results.push_back(std::move(r));
@@ -446,8 +485,12 @@ void w2() {
   using M = PhiModel<Lat, float, SplineFlow<Lat, float>>;
   auto make = [] { return std::make_unique<M>(NormalPrior<Lat, float>(0, 1, 1), SplineFlow<Lat, float>(1), phi4_8x8); };
   std::vector<std::optional<Case>> cases;
+  // lr = 0: the same work per step (AdamW still runs), parameters fixed. At lr 0.01 this flow
+  // (the reference's spline options, no PSD block) diverges in float after a few hundred steps
+  // (loss inf/NaN at step 282 here; also before this session's changes), which would end the
+  // timing; the cost of a step does not depend on the parameter values.
   cases.push_back(step_case<M>("W2", make, 128, 1, true, 4 * 4 * spline_unit * double(Lat::volume) * 128,
-                               "4 RQSplineCoupling_<5>, path grad", "8x8", "none given (reported)"));
+                               "4 RQSplineCoupling_<5>, path grad, lr 0", "8x8", "none given (reported)", 0.0));
   run_cases(std::move(cases));
 }
 
@@ -549,7 +592,7 @@ void w4_precision() {
 /// speedup >= 1.8 at 16x16 and larger.
 void w4_targets() {
   for (Result& r : g_results) {
-    if (r.name.rfind("W4_", 0) != 0) continue;
+    if (r.name.rfind("W4_", 0) != 0 || r.name == "W4_fma_2t") continue;
     const std::string tp = "_t" + std::to_string(r.threads) + "_" + r.precision;
     const Result* base = find_result("W4_8x8_b128" + tp);
     const double vb = [&] {
@@ -591,7 +634,29 @@ void w4_targets() {
   }
 }
 
+/// The FMA kernel of fma_peak on 1 and on 2 threads (each thread its own accumulators): the total
+/// rate's ratio is the machine's ceiling for a compute-bound 2-thread speedup.
+void w4_fma_scaling() {
+  if (!selected("W4_fma_2t")) return;
+  note("  %-50s ... ", "W4_fma_2t");
+  const double one = fma_peak<float>(1), two = fma_peak<float>(2);
+  Result r;
+  r.name = "W4_fma_2t";
+  r.config = "FMA kernel, 2 threads over 1";
+  r.lattice = "-";
+  r.threads = 2;
+  r.precision = "float";
+  r.gflops = two;
+  r.target = "none (the machine's ceiling for x2t)";
+  r.extra.emplace_back("fma_peak_1t_gflops", one);
+  r.extra.emplace_back("fma_peak_2t_gflops", two);
+  r.extra.emplace_back("speedup_2_over_1_thread", two / one);
+  note("%.1f / %.1f GFLOP/s: %.2fx\n", two, one, two / one);
+  g_results.push_back(std::move(r));
+}
+
 void w4() {
+  w4_fma_scaling();
   w4_precision<float>();
   w4_precision<double>();
   w4_targets();
@@ -639,8 +704,8 @@ void w1_memory() {
   r.threads = 1;
   r.precision = "float";
   r.target = "peak RSS < 200 MB";
-  // activation bytes per coupling and sample: 58 V sizeof(float) (see the file comment)
-  const double act = 58.0 * 64 * sizeof(float);
+  // activation bytes per coupling and sample: 42 V sizeof(float) (see the file comment)
+  const double act = 42.0 * 64 * sizeof(float);
   r.extra.emplace_back("activation_bytes_per_layer_per_sample", act);
   r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
@@ -734,6 +799,11 @@ void print_table() {
       for (const auto& [k, v] : r.extra)
         if (k == "peak_rss_MB") peak = v;
       std::snprintf(measured, sizeof measured, "%.1f MB RSS", peak);
+    } else if (r.name == "W4_fma_2t") {
+      double x = nan_v;
+      for (const auto& [k, v] : r.extra)
+        if (k == "speedup_2_over_1_thread") x = v;
+      std::snprintf(measured, sizeof measured, "%.2fx", x);
     } else if (r.samples_per_second > 0) {
       std::snprintf(measured, sizeof measured, "%.0f smp/s", r.samples_per_second);
     } else if (r.seconds_per_step < 1e-3) {
@@ -778,14 +848,21 @@ void print_table() {
   std::printf("[lin]: (time / (V B)) over the same at 8x8 x 128 (same threads, precision); "
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
-              "Activation memory per coupling and sample: 58 V sizeof(T) (affine, H = (8, 8)); "
-              "W1: 14848 B per layer and sample, 30.4 MB in all.\n");
+              "Activation memory per coupling and sample: 42 V sizeof(T) (affine, tanh, H = (8, 8)); "
+              "W1: 10752 B per layer and sample, 22.0 MB in all.\n"
+              "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
+              "for [x2t] (the cores are shared).\n");
+  if (!g_w1_conv_kinds.empty()) {
+    std::printf("W1_conv per kernel (fraction of the FMA peak, fastest repetition):");
+    for (const auto& [k, v] : g_w1_conv_kinds) std::printf(" %s %.2f", k.c_str(), v);
+    std::printf("\n");
+  }
 }
 
 int usage(const char* argv0, int rc) {
   std::fprintf(rc ? stderr : stdout,
                "usage: %s [--json] [--quick] [--filter REGEX] [--budget SECONDS]\n"
-               "  runs the issue-5 workloads W0 W1 W1_plain W1_conv W2 W3_posterior W3_mcmc W4_* W1_memory\n",
+               "  runs the issue-5 workloads W0 W1 W1_plain W1_conv W2 W3_posterior W3_mcmc W4_* W4_fma_2t W1_memory\n",
                argv0);
   return rc;
 }
