@@ -295,9 +295,18 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   const index_t packs = a.stride / W;
   const index_t chunks = (packs + C - 1) / C;
   const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end;
+  // Over the whole lattice with even/odd storage, the threads' static blocks of items should be
+  // regions of the lattice, not parities: a thread that computes the even sites reads the odd
+  // ones, which the other thread wrote. Items therefore alternate between the two halves of the
+  // storage range (site k / 2 of the first half, then of the second), so a block of consecutive
+  // items covers the same rows of both parities. (Any order gives the same bits: items write
+  // disjoint outputs.)
+  const bool alternate = s0 == 0 && s1 == a.volume && a.volume % 2 == 0;
+  const index_t half = a.volume / 2;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
     exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
-      const index_t s = s0 + index_t(item / chunks), c = index_t(item % chunks);
+      const index_t k = index_t(item / chunks), c = index_t(item % chunks);
+      const index_t s = alternate ? (k % 2) * half + k / 2 : s0 + k;
       conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
     });
   });
@@ -492,14 +501,37 @@ inline constexpr index_t wgrad_chunk_sites = 128;
 
 /// The work decomposition of one weight gradient: items (row block, input-channel group, tap
 /// group) x chunks of output sites.
+/// Chunks: the output sites [s_begin, s_end) in runs of wgrad_chunk_sites; over the whole lattice
+/// (even volume) the chunks alternate between the two halves of the storage range, as the items of
+/// conv_forward do, so that a thread's consecutive chunks cover the same rows of both parities.
 struct WgradPlan {
   index_t nrows, nchan, ngroups, nitems, nchunks;
-  WgradPlan(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept
+  index_t s_begin, s_end, half;
+  bool alternate;
+  WgradPlan(index_t cin, index_t cout, index_t ntaps, index_t begin, index_t end, index_t volume) noexcept
       : nrows(wgrad_nrows(cout)),
         nchan((cin + wgrad_group_channels - 1) / wgrad_group_channels),
         ngroups((ntaps + wgrad_group_taps - 1) / wgrad_group_taps),
         nitems(nrows * nchan * ngroups),
-        nchunks(std::max<index_t>(1, (sites + wgrad_chunk_sites - 1) / wgrad_chunk_sites)) {}
+        nchunks(0),
+        s_begin(begin),
+        s_end(end),
+        half(volume / 2),
+        alternate(begin == 0 && end == volume && volume % 2 == 0 && volume > 0) {
+    nchunks = alternate ? 2 * ((half + wgrad_chunk_sites - 1) / wgrad_chunk_sites)
+                        : std::max<index_t>(1, (end - begin + wgrad_chunk_sites - 1) / wgrad_chunk_sites);
+  }
+  /// Chunk c's sites [c0, c1).
+  void chunk(index_t c, index_t& c0, index_t& c1) const noexcept {
+    if (alternate) {
+      const index_t h = c % 2, j = c / 2;
+      c0 = h * half + j * wgrad_chunk_sites;
+      c1 = std::min((h + 1) * half, c0 + wgrad_chunk_sites);
+    } else {
+      c0 = s_begin + c * wgrad_chunk_sites;
+      c1 = std::min(s_end, c0 + wgrad_chunk_sites);
+    }
+  }
   /// Item k's rows, channels [i0, i1) and taps [t0, t1) (balanced groups).
   void item(index_t k, index_t cin, index_t cout, index_t ntaps, WgradRows& r, index_t& i0, index_t& i1, index_t& t0,
             index_t& t1) const noexcept {
@@ -513,9 +545,10 @@ struct WgradPlan {
 
 /// Scratch (elements of T) conv_param_grad needs for a convolution cin -> cout with ntaps taps
 /// whose gradient gz is nonzero on `sites` output sites.
+/// (An upper bound for any sub-range: whole-lattice chunks alternate between the halves.)
 template <class T>
 std::size_t conv_param_grad_scratch(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept {
-  const WgradPlan plan(cin, cout, ntaps, sites);
+  const WgradPlan plan(cin, cout, ntaps, 0, sites, sites);
   return std::size_t(plan.nitems) * std::size_t(plan.nchunks) * wgrad_unit_partials<T>;
 }
 
@@ -531,7 +564,7 @@ void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
   if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
   using V = simd::native_pack<T>;
   const index_t s_begin = a.site_begin, s_end = a.site_end < 0 ? a.volume : a.site_end;
-  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_end - s_begin);
+  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
   const std::size_t chunk_stride = std::size_t(plan.nitems) * wgrad_unit_partials<T>;
   NORMFLOW_ASSERT(a.scratch != nullptr);
   auto dispatch = [&a, &plan](index_t k, auto&& f) {
@@ -548,7 +581,8 @@ void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
   if (s_end > s_begin) {
     exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
       const index_t ch = index_t(u / plan.nitems), k = index_t(u % plan.nitems);
-      const index_t c0 = s_begin + ch * wgrad_chunk_sites, c1 = std::min(s_end, c0 + wgrad_chunk_sites);
+      index_t c0, c1;
+      plan.chunk(ch, c0, c1);
       T* out = a.scratch + std::size_t(ch) * chunk_stride + std::size_t(k) * wgrad_unit_partials<T>;
       dispatch(k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1, index_t t0,
                                   index_t nt) { wgrad_unit<V, Ob>(a, o0, i0, i1, t0, nt, c0, c1, out); });
