@@ -15,10 +15,18 @@
 /// taps[t * volume + s] = storage position of site(s) + delta_t (periodic).
 ///
 /// Kernels depend on T only (not on the lattice), so every lattice shares one instantiation.
-/// Determinism: each output value (an activation, or one weight/bias gradient) is computed by
-/// one work item in a fixed order (taps, then input channels; or sites, then packs, then a fixed
-/// horizontal sum of the lanes), so results do not depend on the thread count. The register
-/// blocking depends only on the channel counts and the batch, never on the thread count.
+/// Determinism: each activation is computed by one work item in a fixed order (taps, then input
+/// channels); each weight gradient entry is a sum of per-chunk partial packs (each over its
+/// chunk's tiles, packs and sites in order) taken in chunk order, then a fixed horizontal sum of
+/// the lanes; each bias gradient entry by one item (sites, packs, lanes). So results do not
+/// depend on the thread count. Chunks, tiles and register blocks depend only on the lattice, the
+/// channel counts and the batch, never on the thread count.
+///
+/// Performance notes (AVX-512, GCC 12; see benchmarks/README.md): the FMA goes through
+/// simd::fma (xsimd 8.1 has none for AVX-512); weights are repacked so a register block reads
+/// them at fixed offsets; the input-channel loop is unrolled for common channel counts so the
+/// accumulators stay in registers across the tap loop; the weight gradient is tiled so its
+/// operands are reused from L1.
 
 #include <algorithm>
 #include <type_traits>
