@@ -340,140 +340,125 @@ struct ConvGradArgs {
   T* scratch = nullptr;    ///< conv_param_grad_scratch(...) elements, 64-byte aligned
 };
 
-/// Sites per tile of the weight-gradient sweep, and taps per weight-gradient work item.
+/// Sites per tile of the weight-gradient sweep (4, 8 and 16 measured alike on 8x8 and 16x16),
+/// and taps per weight-gradient work item.
 inline constexpr index_t wgrad_tile_sites = 8;
 inline constexpr index_t wgrad_group_taps = 12;
 /// Input channels per weight-gradient work item.
 inline constexpr index_t wgrad_group_channels = 4;
-/// Register blocking of the weight gradient with Ob rows: Jmax taps at most and Pb packs of
-/// lanes per block (Ob x Jb x Pb accumulators). With 32 vector registers (AVX-512): Ob = 4:
-/// 5 x 1, Ob = 2: 4 x 2, Ob = 1: 8 x 2; else (16 registers) 2 x 1, 2 x 2, 4 x 2. Measured choices:
-/// GCC 12 keeps at most about 20 accumulators plus the gradient and input packs in registers;
-/// with more it spills inside the loop (a block then runs at a third of the peak).
+/// Register blocking of the weight gradient with Ob rows: Jmax taps at most per block (Ob x Jb
+/// accumulators): with 32 vector registers (AVX-512) Ob = 4: 5, Ob = 2: 4, Ob = 1: 8; else
+/// (16 registers) 2, 2, 4. Measured choices: GCC 12 keeps about 20 accumulators plus the
+/// gradient and input packs in registers; with more it spills inside the loop.
 template <class V>
 constexpr index_t wgrad_max_taps(index_t ob) noexcept {
   if (sizeof(V) >= 64) return ob >= 4 ? 5 : ob == 2 ? 4 : 8;
   return ob >= 4 ? 2 : ob == 2 ? 2 : 4;
 }
-template <class V>
-constexpr index_t wgrad_packs(index_t ob) noexcept {
-  return ob >= 4 ? 1 : 2;
-}
 
-/// One register block of the weight-gradient sweep, for Pb consecutive packs of lanes: for
-/// o < Ob, j < Jb, p < Pb (pslots >= Pb partial packs per (o, j))
-///   part[(o * pstride + j) pslots + p] += sum_{k < n} g[o](k) x(off[j * tile + k])   (pack p)
-/// with g[o](k) at g + k g_step + o g_ch. Sum order: k ascending, onto the running partial.
-/// Each gathered input address serves Ob x Pb FMAs (the index loads, not the FMAs, limit a block
-/// with Pb = 1). do-while: the body always runs, so GCC keeps acc in registers across the loop.
-template <class V, index_t Ob, index_t Jb, index_t Pb, class T>
-NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step, offset_t g_ch, const T* NORMFLOW_RESTRICT x,
-                        const offset_t* NORMFLOW_RESTRICT off, index_t tile, index_t n, T* NORMFLOW_RESTRICT part,
-                        index_t pstride, index_t pslots) noexcept {
+/// One register block of the weight gradient: for o < Ob, j < Jb
+///   part[o * pstride + j] += sum_{k < n} sum_{b < lanes} g[o](k, b) x(off[j * tile + k], b)
+/// (one pack per entry: lane l sums the lanes l, l + W, ...; the lanes are summed at the end),
+/// with g[o](k, .) at g + k g_step + o g_ch. The lanes are the inner loop: each gathered input
+/// address (j, k) is read once per site and serves all packs (gathering it per pack costs a
+/// scalar load per input pack and ran at 45-50% of the FMA peak instead of 57-64%). Sum order:
+/// sites ascending, packs ascending, onto the running partial. do-while loops: the bodies always
+/// run, so GCC keeps acc in registers across both loops.
+template <class V, index_t Ob, index_t Jb, class T>
+NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step, offset_t g_ch,
+                                   const T* NORMFLOW_RESTRICT x, const offset_t* NORMFLOW_RESTRICT off, index_t tile,
+                                   index_t n, index_t lanes, T* NORMFLOW_RESTRICT part, index_t pstride) noexcept {
   constexpr index_t W = simd::pack_size<V>;
-  V acc[Ob][Jb][Pb];
+  V acc[Ob][Jb];
   for (index_t o = 0; o < Ob; ++o)
-    for (index_t j = 0; j < Jb; ++j)
-      for (index_t p = 0; p < Pb; ++p)
-        acc[o][j][p] = simd::load<V>(part + ((offset_t(o) * pstride + j) * pslots + p) * W);
-  const T* NORMFLOW_RESTRICT xj[Jb];
+    for (index_t j = 0; j < Jb; ++j) acc[o][j] = simd::load<V>(part + (offset_t(o) * pstride + j) * W);
   index_t k = 0;
   do {
+    const T* NORMFLOW_RESTRICT xj[Jb];
     for (index_t j = 0; j < Jb; ++j) xj[j] = x + off[offset_t(j) * tile + k];
-    for (index_t p = 0; p < Pb; ++p) {
+    index_t b = 0;
+    do {
       V gv[Ob];
-      for (index_t o = 0; o < Ob; ++o) gv[o] = simd::load<V>(g + offset_t(o) * g_ch + p * W);
+      for (index_t o = 0; o < Ob; ++o) gv[o] = simd::load<V>(g + offset_t(o) * g_ch + b);
       for (index_t j = 0; j < Jb; ++j) {
-        const V xv = simd::load<V>(xj[j] + p * W);
-        for (index_t o = 0; o < Ob; ++o) acc[o][j][p] = simd::fma(gv[o], xv, acc[o][j][p]);
+        const V xv = simd::load<V>(xj[j] + b);
+        for (index_t o = 0; o < Ob; ++o) acc[o][j] = simd::fma(gv[o], xv, acc[o][j]);
       }
-    }
+      b += W;
+    } while (b < lanes);
     g += g_step;
   } while (++k < n);
   for (index_t o = 0; o < Ob; ++o)
-    for (index_t j = 0; j < Jb; ++j)
-      for (index_t p = 0; p < Pb; ++p)
-        simd::store(part + ((offset_t(o) * pstride + j) * pslots + p) * W, acc[o][j][p]);
+    for (index_t j = 0; j < Jb; ++j) simd::store(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
 }
 
 /// wgrad_block with the tap-block width jb (1 <= jb <= Jmax) as a template argument.
-template <class V, index_t Ob, index_t Jmax, index_t Pb, class T>
+template <class V, index_t Ob, index_t Jmax, class T>
 NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, offset_t g_step, offset_t g_ch, const T* x,
-                                          const offset_t* off, index_t tile, index_t n, T* part, index_t pstride,
-                                          index_t pslots) noexcept {
+                                          const offset_t* off, index_t tile, index_t n, index_t lanes, T* part,
+                                          index_t pstride) noexcept {
   if constexpr (Jmax >= 1) {
     if (jb == Jmax)
-      wgrad_block<V, Ob, Jmax, Pb>(g, g_step, g_ch, x, off, tile, n, part, pstride, pslots);
+      wgrad_block<V, Ob, Jmax>(g, g_step, g_ch, x, off, tile, n, lanes, part, pstride);
     else
-      wgrad_block_n<V, Ob, Jmax - 1, Pb>(jb, g, g_step, g_ch, x, off, tile, n, part, pstride, pslots);
+      wgrad_block_n<V, Ob, Jmax - 1>(jb, g, g_step, g_ch, x, off, tile, n, lanes, part, pstride);
   }
 }
 
 /// Partial sums one weight-gradient work unit leaves (elements of T, an upper bound over the
-/// row-block widths: Ob x channels x taps x Pb packs).
+/// row-block widths: Ob x channels x taps packs).
 template <class T>
 inline constexpr std::size_t wgrad_unit_partials =
-    std::size_t(4 * wgrad_group_channels * wgrad_group_taps * 2 * simd::pack_size<simd::native_pack<T>>);
+    std::size_t(4 * wgrad_group_channels * wgrad_group_taps * simd::pack_size<simd::native_pack<T>>);
 
 /// One weight-gradient work unit: rows [o0, o0 + Ob), input channels [i0, i1) (at most
 /// wgrad_group_channels), taps [t0, t0 + nt) (nt <= wgrad_group_taps), output sites [s_begin,
-/// s_end) (one chunk). The sites are swept in tiles of wgrad_tile_sites; per tile, pack after pack
-/// of lanes, every (channel, tap block) of the unit sweeps the tile's sites, so the tile's
-/// gradient and input packs are read from L2 once and then reused from L1 (a sweep of all sites
-/// per register block streams everything from L2 and runs at ~60% of the FMA peak). Writes its
-/// partial sums to out: pack p of (o, c, t) at (((o nc + c) nt + t) Pb + p) W, each summed in
-/// the fixed order tiles, packs, sites.
+/// s_end) (one chunk). The sites are swept in tiles of wgrad_tile_sites; per tile every (channel,
+/// tap block) of the unit sweeps the tile's sites and all their lanes (wgrad_block), so the tile's
+/// gradient rows (Ob x 8 sites x the lanes: 16 KiB for 4 rows of 128 floats) are reused from L1
+/// by all blocks. Writes its partial sums to out: the pack of (o, c, t) at ((o nc + c) nt + t) W,
+/// each summed in the fixed order tiles, sites, packs.
 template <class V, index_t Ob, class T>
 void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
                 index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
-  constexpr index_t Pb = wgrad_packs<V>(Ob);
   constexpr index_t tile = wgrad_tile_sites;
   alignas(64) offset_t off[wgrad_group_taps * tile];
-  const index_t nc = i1 - i0, pstride = nc * nt;
+  const index_t nc = i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o nc + c) nt + t) W
   T* part = out;
-  std::fill(part, part + Ob * pstride * Pb * W, T(0));
-  const offset_t g_step = a.gz_site;
+  std::fill(part, part + Ob * pstride * W, T(0));
   const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
   for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
     const index_t n = std::min(tile, s_end - s0);
     for (index_t t = 0; t < nt; ++t)
       for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * a.in_site;
-    // blocks of Pb packs, then single packs; lanes b + p W of every block land in slot p
-    auto sweep = [&]<index_t P>(std::integral_constant<index_t, P>, index_t b) {
-      const T* g = a.gz + offset_t(s0) * a.gz_site + offset_t(o0) * a.stride + b;
-      for (index_t c = 0; c < nc; ++c) {
-        const T* x = a.in + offset_t(i0 + c) * a.stride + b;
-        for (index_t q = 0; q < nblocks; ++q) {
-          const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
-          wgrad_block_n<V, Ob, Jmax, P>(j1 - j0, g, g_step, a.stride, x, off + j0 * tile, tile, n,
-                                        part + (offset_t(c) * nt + j0) * Pb * W, pstride, Pb);
-        }
+    const T* g = a.gz + offset_t(s0) * a.gz_site + offset_t(o0) * a.stride;
+    for (index_t c = 0; c < nc; ++c) {
+      const T* x = a.in + offset_t(i0 + c) * a.stride;
+      for (index_t q = 0; q < nblocks; ++q) {
+        const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
+        wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, a.gz_site, a.stride, x, off + j0 * tile, tile, n, a.stride,
+                                   part + (offset_t(c) * nt + j0) * W, pstride);
       }
-    };
-    index_t b = 0;
-    for (; b + Pb * W <= a.stride; b += Pb * W) sweep(std::integral_constant<index_t, Pb>{}, b);
-    for (; b < a.stride; b += W) sweep(std::integral_constant<index_t, 1>{}, b);
+    }
   }
 }
 
-/// grad_weight[o][i][t] += the lanes of sum_{chunks} sum_{p} partial pack p of (o, i, t), for the
-/// entries of one work item (chunks ascending, then p, then the lanes: a fixed order).
+/// grad_weight[o][i][t] += the lanes of sum_{chunks} the partial pack of (o, i, t), for the
+/// entries of one work item (chunks ascending, then the lanes: a fixed order).
 template <class V, index_t Ob, class T>
 void wgrad_reduce(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
                   const T* partials, std::size_t chunk_stride, index_t nchunks) noexcept {
   constexpr index_t W = simd::pack_size<V>;
-  constexpr index_t Pb = wgrad_packs<V>(Ob);
   const index_t nc = i1 - i0;
   const offset_t cols = offset_t(a.cin) * a.ntaps;
   for (index_t o = 0; o < Ob; ++o)
     for (index_t c = 0; c < nc; ++c)
       for (index_t t = 0; t < nt; ++t) {
-        const std::size_t at = std::size_t(((offset_t(o) * nc + c) * nt + t) * Pb * W);
+        const std::size_t at = std::size_t(((offset_t(o) * nc + c) * nt + t) * W);
         V sum(T(0));
-        for (index_t ch = 0; ch < nchunks; ++ch)
-          for (index_t p = 0; p < Pb; ++p) sum += simd::load<V>(partials + std::size_t(ch) * chunk_stride + at + std::size_t(p * W));
+        for (index_t ch = 0; ch < nchunks; ++ch) sum += simd::load<V>(partials + std::size_t(ch) * chunk_stride + at);
         a.grad_weight[(o0 + o) * cols + offset_t(i0 + c) * a.ntaps + t0 + t] += horizontal_sum(sum);
       }
 }
