@@ -25,6 +25,8 @@
 #include <normflow/layer/coupling.hpp>
 #include <normflow/simd/pack.hpp>
 
+#include "fma_peak.hpp"
+
 namespace {
 
 using namespace normflow;
@@ -33,29 +35,6 @@ template <class T>
 using RefFlow = Flow<Repeat<16, AffineCoupling_<ConvNet<Hidden<8, 8>, Kernel<3>>>>, Lat, T>;
 
 constexpr double conv_flop_per_site_sample = 2.0 * (1 * 8 + 8 * 8 + 8 * 2) * 9;
-
-/// Peak FMA rate of one core for T (GFLOP/s), best of 5.
-template <class T>
-double measure_fma_peak() {
-  using V = simd::native_pack<T>;
-  constexpr int A = 12;
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    V acc[A];
-    for (int i = 0; i < A; ++i) acc[i] = V(T(i) * T(1e-3));
-    const V a(T(0.999999)), b(T(1e-7));
-    const long iters = 20'000'000;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (long n = 0; n < iters; ++n)
-      for (int i = 0; i < A; ++i) acc[i] = simd::fma(acc[i], a, b);
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    T sink = 0;
-    for (int i = 0; i < A; ++i) sink += xsimd::hadd(acc[i]);
-    benchmark::DoNotOptimize(sink);
-    best = std::max(best, 2.0 * A * simd::pack_size<V> * double(iters) / sec * 1e-9);
-  }
-  return best;
-}
 
 double g_peak_float = 0, g_peak_double = 0;
 
@@ -125,8 +104,8 @@ BENCHMARK_TEMPLATE(BM_FlowForwardBackward, double, Serial)->Name("FlowForwardBac
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  g_peak_float = measure_fma_peak<float>();
-  g_peak_double = measure_fma_peak<double>();
+  g_peak_float = bench::fma_peak<float>();
+  g_peak_double = bench::fma_peak<double>();
   std::printf("one-core FMA peak (%s): %.1f GFLOP/s float, %.1f GFLOP/s double; threads: %d\n",
               simd::arch_name(), g_peak_float, g_peak_double, exec::max_threads());
   benchmark::AddCustomContext("simd", simd::arch_name());

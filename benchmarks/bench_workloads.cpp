@@ -70,6 +70,8 @@
 
 #include <normflow/normflow.hpp>
 
+#include "fma_peak.hpp"
+
 namespace {
 
 using namespace normflow;
@@ -338,42 +340,10 @@ void w1() {
 /// W1_conv's per-kernel fractions of the peak (name, fraction), for the table's notes.
 std::vector<std::pair<std::string, double>> g_w1_conv_kinds;
 
-/// The FMA kernel: iters rounds of one FMA on each of 12 independent pack accumulators
-/// (2 x 12 x lanes FLOP per round); returns a sum that depends on every accumulator.
-template <class T>
-[[gnu::noinline]] T fma_kernel(long iters) {
-  using V = simd::native_pack<T>;
-  constexpr int A = 12;
-  V acc[A];
-  for (int i = 0; i < A; ++i) acc[i] = V(T(i) * T(1e-3));
-  const V a(T(0.999999)), b(T(1e-7));
-  for (long n = 0; n < iters; ++n)
-    for (int i = 0; i < A; ++i) acc[i] = simd::fma(acc[i], a, b);
-  T sink = 0;
-  for (int i = 0; i < A; ++i) sink += xsimd::hadd(acc[i]);
-  return sink;
-}
-
-/// Peak FMA rate of `threads` threads together for T (GFLOP/s; each thread runs fma_kernel),
-/// best of 5.
+/// Peak FMA rate of `threads` threads together (fma_peak.hpp; fewer rounds with --quick).
 template <class T>
 double fma_peak(int threads = 1) {
-  constexpr double flop_per_round = 2.0 * 12 * simd::pack_size<simd::native_pack<T>>;
-  const long iters = g_opt.quick ? 2'000'000 : 20'000'000;
-  double best = 0;
-  for (int rep = 0; rep < (g_opt.quick ? 1 : 5); ++rep) {
-    const auto t0 = clock_type::now();
-    T sink = 0;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-#endif
-    sink += fma_kernel<T>(iters);
-    const double sec = seconds_since(t0);
-    volatile T keep = sink;
-    (void)keep;
-    best = std::max(best, threads * flop_per_round * double(iters) / sec * 1e-9);
-  }
-  return best;
+  return bench::fma_peak<T>(threads, g_opt.quick ? 1 : 5, g_opt.quick ? 2'000'000 : 20'000'000);
 }
 
 /// The convolution kernels one W1 coupling runs in a path-gradient training step, in order, on

@@ -141,20 +141,31 @@ void parallel_for_lane_blocks(OpenMP, index_t padded_batch, const K& k) {
     k.template apply_block<V>(index_t(offset_t(chunks) * t / blocks) * W, index_t(offset_t(chunks) * (t + 1) / blocks) * W);
 }
 
-/// dst[i] = src[i] for i < n (non-overlapping), in blocks of 16 KiB over the threads; copies
-/// below 64 KiB stay on the calling thread (a parallel region costs more).
+namespace detail {
+/// f(lo, len) over [0, n) in runs of 16 KiB of T spread over the threads; below 64 KiB in all,
+/// one call on the calling thread (a parallel region costs more than the copy).
+template <class T, class F>
+void for_each_run(OpenMP exec, std::size_t n, const F& f) {
+  constexpr std::size_t run = (std::size_t(16) << 10) / sizeof(T);
+  if (n * sizeof(T) < (std::size_t(64) << 10)) {
+    f(std::size_t(0), n);
+    return;
+  }
+  parallel_for(exec, offset_t((n + run - 1) / run), [&](offset_t k) {
+    const std::size_t lo = std::size_t(k) * run;
+    f(lo, std::min(run, n - lo));
+  });
+}
+}  // namespace detail
+
+/// dst[i] = src[i] for i < n (non-overlapping); OpenMP: runs of 16 KiB over the threads.
 template <class T>
 void parallel_copy(Serial, const T* src, T* dst, std::size_t n) {
   std::copy_n(src, n, dst);
 }
 template <class T>
 void parallel_copy(OpenMP exec, const T* src, T* dst, std::size_t n) {
-  constexpr std::size_t block = (std::size_t(16) << 10) / sizeof(T);
-  if (n * sizeof(T) < (std::size_t(64) << 10)) return std::copy_n(src, n, dst), void();
-  parallel_for(exec, offset_t((n + block - 1) / block), [=](offset_t k) {
-    const std::size_t lo = std::size_t(k) * block;
-    std::copy_n(src + lo, std::min(block, n - lo), dst + lo);
-  });
+  detail::for_each_run<T>(exec, n, [=](std::size_t lo, std::size_t len) { std::copy_n(src + lo, len, dst + lo); });
 }
 
 /// dst[i] = value for i < n, as parallel_copy.
@@ -164,12 +175,7 @@ void parallel_fill(Serial, T* dst, std::size_t n, T value) {
 }
 template <class T>
 void parallel_fill(OpenMP exec, T* dst, std::size_t n, T value) {
-  constexpr std::size_t block = (std::size_t(16) << 10) / sizeof(T);
-  if (n * sizeof(T) < (std::size_t(64) << 10)) return std::fill_n(dst, n, value), void();
-  parallel_for(exec, offset_t((n + block - 1) / block), [=](offset_t k) {
-    const std::size_t lo = std::size_t(k) * block;
-    std::fill_n(dst + lo, std::min(block, n - lo), value);
-  });
+  detail::for_each_run<T>(exec, n, [=](std::size_t lo, std::size_t len) { std::fill_n(dst + lo, len, value); });
 }
 
 }  // namespace normflow::exec
