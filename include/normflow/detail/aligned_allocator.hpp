@@ -5,7 +5,12 @@
 /// \file A standard-library-only aligned allocator (so that field/ need not include xsimd).
 
 #include <cstddef>
+#include <cstdint>
 #include <new>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace normflow::detail {
 
@@ -22,8 +27,43 @@ struct AlignedAllocator {
   AlignedAllocator() noexcept = default;
   template <class U>
   AlignedAllocator(const AlignedAllocator<U, Align>&) noexcept {}
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), alignment)); }
-  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, alignment); }
+  T* allocate(std::size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (n * sizeof(T) >= huge_threshold) return static_cast<T*>(allocate_huge(n * sizeof(T)));
+#endif
+    return static_cast<T*>(::operator new(n * sizeof(T), alignment));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (n * sizeof(T) >= huge_threshold) {
+      ::munmap(p, round_huge(n * sizeof(T)));
+      return;
+    }
+#endif
+    ::operator delete(p, alignment);
+  }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  /// Buffers of at least this many bytes get their own mapping, 2 MiB aligned, advised for
+  /// transparent huge pages: the activations and tapes of large lattices (tens of MB) otherwise
+  /// span thousands of 4 KiB pages, beyond the second-level TLB, and a sweep over sites (one site
+  /// of an 8-channel activation is 4 KiB at batch 128) walks the page tables on every site.
+  static constexpr std::size_t huge_page = std::size_t(2) << 20;
+  static constexpr std::size_t huge_threshold = std::size_t(4) << 20;
+  static std::size_t round_huge(std::size_t bytes) noexcept { return (bytes + huge_page - 1) / huge_page * huge_page; }
+  static void* allocate_huge(std::size_t bytes) {
+    const std::size_t len = round_huge(bytes);
+    // over-map by one huge page, then trim to a 2 MiB-aligned range of len bytes
+    void* raw = ::mmap(nullptr, len + huge_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto base = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (base + huge_page - 1) / huge_page * huge_page;
+    if (aligned > base) ::munmap(raw, aligned - base);
+    const std::uintptr_t end = base + len + huge_page;
+    if (end > aligned + len) ::munmap(reinterpret_cast<void*>(aligned + len), end - (aligned + len));
+    ::madvise(reinterpret_cast<void*>(aligned), len, MADV_HUGEPAGE);
+    return reinterpret_cast<void*>(aligned);
+  }
+#endif
   template <class U>
   bool operator==(const AlignedAllocator<U, Align>&) const noexcept {
     return true;
