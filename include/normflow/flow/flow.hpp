@@ -92,7 +92,9 @@ class Chain {
 
   /// Intermediate fields and the layers' own tapes.
   struct tape_type {
-    std::array<field_type, size> mid;  // mid[k] = output of layer k (mid[size-1] unused: caller's y)
+    // intermediate fields of forward/reverse, ping-pong: layer k writes mid[k % 2] (the layers
+    // record their own (x, y), so the chain keeps no intermediate past the next layer)
+    std::array<field_type, 2> mid;
     std::tuple<typename L::tape_type...> layers;
     field_type g0, g1;  // adjoint scratch
   };
@@ -127,8 +129,8 @@ class Chain {
                Exec exec = {}) const {
     require_params(p, "Chain::forward");
     for_each_layer([&]<std::size_t K>(const auto& l) {
-      const field_type& in = K == 0 ? x : tape.mid[K - 1];
-      field_type& out = K + 1 == size ? y : tape.mid[K];
+      const field_type& in = K == 0 ? x : tape.mid[(K - 1) % 2];
+      field_type& out = K + 1 == size ? y : tape.mid[K % 2];
       l.forward(slice<K>(p), in, out, log_det, std::get<K>(tape.layers), exec);
     });
   }
@@ -138,9 +140,9 @@ class Chain {
                Exec exec = {}) const {
     require_params(p, "Chain::reverse");
     for_each_layer_reversed([&]<std::size_t K>(const auto& l) {
-      // layer K maps its output (y or mid[K]) back to its input (mid[K-1] or x)
-      const field_type& in = K + 1 == size ? y : tape.mid[K];
-      field_type& out = K == 0 ? x : tape.mid[K - 1];
+      // layer K maps its output (y or mid[K % 2]) back to its input (mid[(K - 1) % 2] or x)
+      const field_type& in = K + 1 == size ? y : tape.mid[K % 2];
+      field_type& out = K == 0 ? x : tape.mid[(K - 1) % 2];
       l.reverse(slice<K>(p), in, out, log_det, std::get<K>(tape.layers), exec);
     });
   }

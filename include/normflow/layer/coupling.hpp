@@ -25,6 +25,7 @@
 
 #include <normflow/config.hpp>
 #include <normflow/detail/aligned_allocator.hpp>
+#include <normflow/detail/thread_scratch.hpp>
 #include <normflow/exec/exec.hpp>
 #include <normflow/field/field.hpp>
 #include <normflow/layer/conditioner/conv_net.hpp>
@@ -150,10 +151,10 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
   static constexpr index_t half = Lat::volume / 2;
 
   /// What forward/reverse record and the adjoints reuse: the point (x, y), the conditioner's
-  /// input, output and workspace, and scratch.
+  /// input, output and workspace, and the padded copy of gl.
   struct tape_type {
-    field_type x, y, cond_in, g_cond;
-    theta_type theta, g_theta;
+    field_type x, y;
+    theta_type theta;
     typename net_type::Workspace ws;
     buffer gl;
   };
@@ -175,6 +176,12 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
   void init_params(std::span<T> p, std::uint64_t seed) const { m_net.init_params(p, seed); }
 
  private:
+  /// The adjoint's transient fields (see adjoint).
+  struct AdjointScratch {
+    field_type g_cond;
+    theta_type g_theta;
+  };
+
   static ConvNetConfig with_channels(ConvNetConfig c) {
     c.in_channels = 1;
     c.out_channels = channels;
@@ -183,17 +190,14 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
   index_t active_begin() const noexcept { return m_parity * half; }
   index_t frozen_begin() const noexcept { return (1 - m_parity) * half; }
 
-  /// tape.cond_in = `in` with the active half zeroed; tape.theta = net(cond_in).
+  /// tape.theta = net(`in` with the active half zeroed): the conditioner reads the active half as
+  /// zero (its own copy of the input is the masked one).
   template <class Exec>
   void condition(std::span<const T> p, const field_type& in, tape_type& tape, Exec exec) const {
-    const index_t batch = in.batch();
-    if (tape.cond_in.batch() != batch) tape.cond_in.resize(batch);
-    if (tape.theta.batch() != batch) tape.theta.resize(batch);
-    const std::size_t run = std::size_t(half) * std::size_t(in.padded_batch());
-    exec::parallel_copy(host(exec), in.lanes(frozen_begin()), tape.cond_in.lanes(frozen_begin()), run);
-    exec::parallel_fill(host(exec), tape.cond_in.lanes(active_begin()), run, T(0));
+    if (tape.theta.batch() != in.batch()) tape.theta.resize(in.batch());
     // theta is read on the active block only: the last convolution computes just that block
-    m_net.forward(p, tape.cond_in, tape.theta, tape.ws, host(exec), SiteRange{active_begin(), active_begin() + half});
+    const SiteRange active{active_begin(), active_begin() + half};
+    m_net.forward(p, in, tape.theta, tape.ws, host(exec), active, active);
   }
 
   template <bool Reverse, class Exec>
@@ -215,21 +219,26 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
     detail::require_adjoint_args(where, num_params(), p, gp, g_out, gl, point.batch(), true);
     const index_t batch = point.batch(), stride = point.padded_batch();
     if (g_in.batch() != batch) g_in.resize(batch);
-    if (tape.g_theta.batch() != batch) tape.g_theta.resize(batch);
-    if (tape.g_cond.batch() != batch) tape.g_cond.resize(batch);
+    // g_theta and g_cond live only during this call: the thread's scratch, shared by every layer
+    // of this type (detail/thread_scratch.hpp; both are written before they are read)
+    AdjointScratch& scratch = detail::thread_scratch_object<AdjointScratch>();
+    theta_type& g_theta = scratch.g_theta;
+    field_type& g_cond = scratch.g_cond;
+    if (g_theta.batch() != batch) g_theta.resize(batch);
+    if (g_cond.batch() != batch) g_cond.resize(batch);
     detail::padded_copy(gl, stride, tape.gl);
     // g_theta: zero on frozen sites, the transform's adjoint on active sites
-    exec::parallel_fill(host(exec), tape.g_theta.lanes(frozen_begin()), std::size_t(half) * channels * std::size_t(stride),
+    exec::parallel_fill(host(exec), g_theta.lanes(frozen_begin()), std::size_t(half) * channels * std::size_t(stride),
                         T(0));
     const detail::CouplingAdjointKernel<Tr, Reverse, T, channels> k{
-        m_tr, point.cview(), g_out.cview(), g_in.view(), tape.theta.cview(), tape.g_theta.view(), tape.gl.data(),
+        m_tr, point.cview(), g_out.cview(), g_in.view(), tape.theta.cview(), g_theta.view(), tape.gl.data(),
         active_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, k);
     // through the conditioner: g_cond = net'^T g_theta, gp += weight gradient
     // empty gp: input adjoint only; g_cond is read on the frozen block only
-    m_net.backward(p, tape.ws, tape.g_theta, tape.g_cond, gp, host(exec), SiteRange{frozen_begin(), frozen_begin() + half});
+    m_net.backward(p, tape.ws, g_theta, g_cond, gp, host(exec), SiteRange{frozen_begin(), frozen_begin() + half});
     // frozen sites: direct path plus the conditioner's
-    const detail::AddBlockKernel<T> add{g_out.cview(), tape.g_cond.cview(), g_in.view(), frozen_begin()};
+    const detail::AddBlockKernel<T> add{g_out.cview(), g_cond.cview(), g_in.view(), frozen_begin()};
     exec::parallel_for_lanes<T>(host(exec), half, stride, add);
   }
 

@@ -8,6 +8,7 @@
 /// them in order, reverse in reverse order, log-dets add; the adjoints are those of Chain (see
 /// flow/flow.hpp). The compile-time Sequence<...>/Chain<...> is the zero-overhead equivalent.
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -75,7 +76,7 @@ class ModuleList_ {
   /// Per-layer tapes (made on first use) and the intermediate fields.
   struct tape_type {
     std::vector<std::unique_ptr<TapeBase>> layers;
-    std::vector<F> mid;
+    std::array<F, 2> mid;  // forward/reverse intermediates, ping-pong (layers record their own (x, y))
     F g0, g1;
   };
 
@@ -113,8 +114,8 @@ class ModuleList_ {
       return;
     }
     for (std::size_t k = 0; k < size(); ++k) {
-      const F& in = k == 0 ? x : tape.mid[k - 1];
-      F& out = k + 1 == size() ? y : tape.mid[k];
+      const F& in = k == 0 ? x : tape.mid[(k - 1) % 2];
+      F& out = k + 1 == size() ? y : tape.mid[k % 2];
       m_entries[k]->forward(slice(p, k), in, out, log_det, *tape.layers[k]);
     }
   }
@@ -129,8 +130,8 @@ class ModuleList_ {
     }
     for (std::size_t j = 0; j < size(); ++j) {
       const std::size_t k = size() - 1 - j;
-      const F& in = k + 1 == size() ? y : tape.mid[k];
-      F& out = k == 0 ? x : tape.mid[k - 1];
+      const F& in = k + 1 == size() ? y : tape.mid[k % 2];
+      F& out = k == 0 ? x : tape.mid[(k - 1) % 2];
       m_entries[k]->reverse(slice(p, k), in, out, log_det, *tape.layers[k]);
     }
   }
@@ -177,7 +178,6 @@ class ModuleList_ {
       tape.layers.clear();
       for (const auto& e : m_entries) tape.layers.push_back(e->make_tape());
     }
-    if (tape.mid.size() != size()) tape.mid.resize(size());
   }
   void require_tape(const tape_type& tape, const char* where) const {
     if (tape.layers.size() != size())

@@ -48,6 +48,7 @@
 
 #include <normflow/config.hpp>
 #include <normflow/detail/aligned_allocator.hpp>
+#include <normflow/detail/thread_scratch.hpp>
 #include <normflow/errors.hpp>
 #include <normflow/exec/host.hpp>
 #include <normflow/field/field.hpp>
@@ -107,9 +108,9 @@ class ConvWorkspace {
   std::vector<index_t> m_channels;  // architecture the buffers were laid out for
   buffer m_x;                       // copy of the input, padding lanes zero
   std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z (see keeps_z) and h = f(z)
-  buffer m_g0, m_g1;                // backward: cotangents of two consecutive layers
+  std::size_t m_g_size = 0;         // backward: elements of each cotangent buffer (thread scratch)
+  std::size_t m_wscratch_size = 0;  // backward: elements of conv_param_grad's partials (thread scratch)
   buffer m_wt;                      // one layer's weights packed for the kernel (pack_conv_weights)
-  buffer m_wscratch;                // backward: the weight gradient's partial sums (conv_param_grad)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
 };
 
@@ -207,12 +208,13 @@ class ConvStack {
 
   /// y = net(x). Stores what backward needs in ws (resized only when the batch or the network
   /// changes). x has in_channels components, y out_channels; both have the same batch.
-  /// Only the sites in `out` of y are computed (the others are left as they were); backward then
-  /// treats gy as zero outside `out`.
+  /// Only the sites in `out_sites` of y are computed (the others are left as they were); backward
+  /// then treats gy as zero outside them. The input sites in `zero_in_sites` (storage positions;
+  /// default: none) are read as zero (a coupling's masked half, without a masked copy of x).
   /// \tparam Exec exec::Serial or exec::OpenMP (threads over sites and batch chunks)
   template <SiteType SiteIn, SiteType SiteOut, class Exec = exec::HostDefault>
   void forward(std::span<const T> params, const Field<Lat, T, SiteIn, Order>& x, Field<Lat, T, SiteOut, Order>& y,
-               Workspace& ws, Exec exec = {}, SiteRange out_sites = {}) const {
+               Workspace& ws, Exec exec = {}, SiteRange out_sites = {}, SiteRange zero_in_sites = {0, 0}) const {
     static_assert(std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>,
                   "ConvStack::forward: use a host execution policy (exec::Serial or exec::OpenMP)");
     constexpr const char* where = "ConvStack::forward";
@@ -221,10 +223,12 @@ class ConvStack {
     require_channels(SiteOut::components, m_config.out_channels, where, "y", "out_channels");
     require_batch(y.batch(), x.batch(), where, "y", "x");
     require_range(out_sites, where, "out_sites");
+    require_range(zero_in_sites, where, "zero_in_sites");
     prepare(ws, x.batch(), x.padded_batch());
     const index_t stride = ws.m_stride;
     copy_real_lanes(exec, x.data(), offset_t(m_config.in_channels) * stride, ws.m_x.data(),
-                    site_stride(m_config.in_channels, stride), m_config.in_channels, x.batch(), stride);
+                    site_stride(m_config.in_channels, stride), m_config.in_channels, x.batch(), stride,
+                    zero_in_sites);
     ws.m_out = out_sites;
 
     const T* in = ws.m_x.data();
@@ -276,8 +280,11 @@ class ConvStack {
     require_batch(gy.batch(), ws.m_batch, where, "gy", "the forward pass");
     require_batch(gx.batch(), ws.m_batch, where, "gx", "the forward pass");
 
-    T* g = ws.m_g0.data();
-    T* g_next = ws.m_g1.data();
+    // cotangents of two consecutive layers and the weight gradient's partial sums: transient, from
+    // the thread's scratch (shared by all layers; see detail/thread_scratch.hpp)
+    T* g = detail::thread_scratch<T>(detail::ScratchSlot::conv_cotangent_a, ws.m_g_size);
+    T* g_next = detail::thread_scratch<T>(detail::ScratchSlot::conv_cotangent_b, ws.m_g_size);
+    T* wscratch = detail::thread_scratch<T>(detail::ScratchSlot::conv_wgrad, ws.m_wscratch_size);
     require_range(in_sites, where, "in_sites");
     const index_t stride = ws.m_stride;
     {  // g = gy in the sites the forward pass computed, zero elsewhere and in the padding lanes
@@ -306,7 +313,7 @@ class ConvStack {
                                       -1,
                                       site_stride(cout, stride),
                                       site_stride(cin, stride),
-                                      ws.m_wscratch.data()};
+                                      wscratch};
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         detail::conv_param_grad(exec, gargs);
       }
@@ -432,23 +439,28 @@ class ConvStack {
     ws.m_h.resize(none ? 0 : hidden);
     for (std::size_t l = 0; l < ws.m_z.size(); ++l) ws.m_z[l].resize(sites(m_channels[l + 1]));
     for (std::size_t l = 0; l < ws.m_h.size(); ++l) ws.m_h[l].resize(sites(m_channels[l + 1]));
-    ws.m_g0.resize(max_g);
-    ws.m_g1.resize(max_g);
+    ws.m_g_size = max_g;
     ws.m_wt.resize(std::size_t(max_w));
-    ws.m_wscratch.resize(max_scratch);
+    ws.m_wscratch_size = max_scratch;
   }
 
   /// dst = src in the real lanes b < batch, 0 in the padding lanes (c channels; sites src_site
   /// and dst_site apart).
   template <class Exec>
   static void copy_real_lanes(Exec exec, const T* src, offset_t src_site, T* dst, offset_t dst_site, index_t c,
-                              index_t batch, index_t stride) {
+                              index_t batch, index_t stride, SiteRange zero = {0, 0}) {
+    const index_t z0 = zero.begin, z1 = zero.end < 0 ? volume : zero.end;
     exec::parallel_for(exec, volume, [=](offset_t s) {
+      const bool zeroed = s >= z0 && s < z1;
       for (index_t k = 0; k < c; ++k) {
         const T* from = src + s * src_site + offset_t(k) * stride;
         T* to = dst + s * dst_site + offset_t(k) * stride;
-        std::copy_n(from, batch, to);
-        std::fill(to + batch, to + stride, T(0));
+        if (zeroed) {
+          std::fill(to, to + stride, T(0));
+        } else {
+          std::copy_n(from, batch, to);
+          std::fill(to + batch, to + stride, T(0));
+        }
       }
     });
   }
