@@ -39,16 +39,18 @@
 ///
 /// Activation memory (what one coupling keeps per sample, in scalars of sizeof(T); V sites, C the
 /// conditioner's output channels, H_j the hidden channel counts, c_max = max channel count):
-///   kept from forward to backward: V (1 Chain::mid + 2 tape x, y + 1 cond_in + 1 ConvStack copy
-///                                     of the input + C theta + sum_j H_j activations h; silu also
+///   kept from forward to backward, per layer: V (2 tape x, y + 1 ConvStack copy of the input
+///                                     (masked) + C theta + sum_j H_j activations h; silu also
 ///                                     keeps the pre-activations z: + sum_j H_j)
-///   per-layer adjoint scratch:     V (1 g_cond + C g_theta + 2 c_max ConvStack g0, g1)
+///   transient, once per thread (detail/thread_scratch.hpp): V (1 g_cond + C g_theta + 2 c_max
+///                                     ConvStack cotangents); once per flow: 2 V (the forward's
+///                                     ping-pong intermediates) and 2 V (the adjoint's)
 /// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
-/// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums add a few
-/// KB per layer, independent of the batch.)
-/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: V (23 + 19) = 42 V; on 8x8 in float 10 752 bytes
-/// per layer and sample, so W1 (16 layers, batch 128) holds 22.0 MB of tape. Spline C = 13,
-/// c_max = 13: V (34 + 40) = 74 V.
+/// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
+/// to a few hundred KB, are thread scratch too.)
+/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 21 V per layer; on 8x8 in float 5 376 bytes per
+/// layer and sample, so W1 (16 layers, batch 128) keeps 11.0 MB, plus 23 V once (0.75 MB).
+/// Spline C = 13: 32 V per layer.
 
 #include <algorithm>
 #include <chrono>
@@ -674,13 +676,13 @@ void w1_memory() {
   r.threads = 1;
   r.precision = "float";
   r.target = "peak RSS < 200 MB";
-  // activation bytes per coupling and sample: 42 V sizeof(float) (see the file comment)
-  const double act = 42.0 * 64 * sizeof(float);
+  // activation bytes per coupling and sample: 21 V sizeof(float) (see the file comment)
+  const double act = 21.0 * 64 * sizeof(float);
   r.extra.emplace_back("activation_bytes_per_layer_per_sample", act);
   r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
-                            "V*sizeof(T)*[(3 + 1 + 1 + C + 2*sum(H)) kept + (1 + C + 2*max_c) scratch]; "
-                            "affine H=(8,8), C=2, max_c=8: 58*V*sizeof(T)");
+                            "V*sizeof(T)*(2 + 1 + C + sum(H)) per layer, plus V*sizeof(T)*(1 + C + 2*max_c) per "
+                            "thread and 4 V*sizeof(T) per flow; affine H=(8,8), C=2, max_c=8: 21*V*sizeof(T) per layer");
   if (peak > 0) {
     r.extra.emplace_back("peak_rss_MB", double(peak) * 1024 * 1e-6);
     r.extra.emplace_back("baseline_rss_MB", double(base) * 1024 * 1e-6);
@@ -818,8 +820,8 @@ void print_table() {
   std::printf("[lin]: (time / (V B)) over the same at 8x8 x 128 (same threads, precision); "
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
-              "Activation memory per coupling and sample: 42 V sizeof(T) (affine, tanh, H = (8, 8)); "
-              "W1: 10752 B per layer and sample, 22.0 MB in all.\n"
+              "Activation memory per coupling and sample: 21 V sizeof(T) (affine, tanh, H = (8, 8)), plus 23 V once; "
+              "W1: 5376 B per layer and sample, 11.0 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");
   if (!g_w1_conv_kinds.empty()) {

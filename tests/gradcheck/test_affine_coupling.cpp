@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <random>
+#include <span>
+#include <vector>
 
 #include "support/layer_checks.hpp"
 #include <normflow/flow/flow.hpp>
@@ -143,4 +145,65 @@ TEST_CASE("Float flows agree with double flows to 1e-5") {
     Flow<Repeat<4, RQSplineCoupling_<5>>, Lat, float> ff(4);
     compare(fd, ff);
   }
+}
+
+TEST_CASE("Two flows of one type, interleaved on one thread, give what each gives alone (shared backward scratch)") {
+  // the backward pass's transient buffers are per thread and shared by every layer of a type
+  // (detail/thread_scratch.hpp); interleaving two flows with different batches and lattices of
+  // the same type must not let one see the other's scratch
+  using Lat = Lattice<6, 6>;
+  using Fl = Flow<Repeat<4, AffineCoupling_<ConvNet<Hidden<5, 3>, Bias<true>>>>, Lat, double>;
+  struct Result {
+    std::vector<double> y, gx, grads;
+  };
+  Fl a(11), b(12);
+  auto input = [](index_t batch, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal;
+    Fl::field_type x(batch);
+    for (index_t s = 0; s < Lat::volume; ++s)
+      for (index_t k = 0; k < batch; ++k) x(s, k) = normal(rng);
+    return x;
+  };
+  const Fl::field_type xa = input(5, 1), xb = input(19, 2);
+  struct Pass {
+    Fl* flow;
+    const Fl::field_type* x;
+    Fl::field_type y, gx;
+    std::vector<double> ld, gl;
+    Fl::tape_type tape;
+    Pass(Fl& f, const Fl::field_type& in)
+        : flow(&f), x(&in), y(in.batch()), gx(in.batch()), ld(std::size_t(in.batch()), 0.0),
+          gl(std::size_t(in.batch()), 0.5) {}
+    void forward() { flow->forward(*x, y, std::span<double>(ld), tape); }
+    void backward() {
+      flow->zero_grads();
+      flow->backward(tape, y, std::span<const double>(gl), gx);  // cotangent gy = y
+    }
+    Result result() const {
+      return {{y.flat().begin(), y.flat().end()}, {gx.flat().begin(), gx.flat().end()},
+              {flow->grads().begin(), flow->grads().end()}};
+    }
+  };
+  auto alone = [&](Fl& f, const Fl::field_type& x) {
+    Pass p(f, x);
+    p.forward();
+    p.backward();
+    return p.result();
+  };
+  const Result ra = alone(a, xa), rb = alone(b, xb);
+  Pass pa(a, xa), pb(b, xb);
+  pa.forward();
+  pb.forward();
+  pa.backward();
+  const Result ia = pa.result();
+  pb.backward();
+  const Result ib = pb.result();
+  CHECK(ia.y == ra.y);
+  CHECK(ia.gx == ra.gx);
+  CHECK(ia.grads == ra.grads);
+  CHECK(ib.y == rb.y);
+  CHECK(ib.gx == rb.gx);
+  CHECK(ib.grads == rb.grads);
+  CHECK(ra.grads != rb.grads);
 }

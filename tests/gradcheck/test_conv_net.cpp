@@ -13,6 +13,7 @@
 #include <new>
 #include <random>
 #include <span>
+#include <tuple>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -723,4 +724,92 @@ TEST_CASE("ConvStack site ranges: restricted passes equal the full ones on their
   CHECK(g_part == g_full);
   CHECK_THROWS_AS(net.forward(std::span<const double>(p), x, y_part, ws_part, exec::HostDefault{}, SiteRange{8, 17}),
                   ShapeError);
+}
+
+TEST_CASE_TEMPLATE("conv_backward_fused: the weight gradient and the adjoint in one sweep equal the two calls, bit "
+                   "for bit, for every range pairing and thread count",
+                   T, float, double) {
+  // 16x18: 144 sites per parity, two weight-gradient chunks each (128 + 16); 6 -> 5 channels,
+  // batch 37 (a partial pack); derivative (tanh) and store epilogues
+  using Lat = Lattice<16, 18>;
+  constexpr index_t V = Lat::volume, half = V / 2, K = 9, cin = 6, cout = 5, batch = 37;
+  const ConvStack<Lat, T> net(ConvNetConfig{.in_channels = 1, .hidden = {}, .out_channels = 1, .bias = false});
+  std::vector<index_t> taps(std::size_t(K * V));
+  for (index_t t = 0; t < K; ++t)
+    for (index_t s = 0; s < V; ++s) taps[std::size_t(t * V + s)] = net.tap_neighbor(t, s);
+  const index_t stride = Field<Lat, T, Channels<1>>(batch).padded_batch();
+  const offset_t in_site = detail::conv_site_stride<T>(cin, stride), gz_site = detail::conv_site_stride<T>(cout, stride);
+  std::mt19937_64 rng(41);
+  std::normal_distribution<double> normal;
+  auto random_sites = [&](index_t c, offset_t site) {
+    AlignedBuffer<T> b(std::size_t(V * site), T(0));
+    for (index_t s = 0; s < V; ++s)
+      for (index_t k = 0; k < c; ++k)
+        for (index_t l = 0; l < batch; ++l) b[std::size_t(s * site + k * stride + l)] = T(normal(rng));
+    return b;
+  };
+  const AlignedBuffer<T> in = random_sites(cin, in_site), gz_full = random_sites(cout, gz_site);
+  AlignedBuffer<T> h = random_sites(cin, in_site);
+  for (T& v : h) v = std::tanh(v);
+  std::vector<T> w(std::size_t(cout * cin * K));
+  for (T& v : w) v = T(normal(rng) * 0.3);
+  AlignedBuffer<T> wt(w.size());
+  detail::pack_conv_weights(w.data(), wt.data(), cout, cin, K, true);  // the adjoint cout -> cin
+  AlignedBuffer<T> scratch(detail::conv_param_grad_scratch<T>(cin, cout, K, V));
+  struct Ranges {
+    index_t g0, g1, a0, a1;
+  };
+  int fused_cases = 0;
+  for (const Ranges r : {Ranges{0, V, 0, V}, Ranges{half, V, 0, V}, Ranges{0, half, 0, V}, Ranges{0, V, 0, half},
+                         Ranges{0, V, half, V}, Ranges{half, V, 0, half}}) {
+    // gz is zero outside the weight gradient's range (as ConvStack's backward makes it)
+    AlignedBuffer<T> gz = gz_full;
+    for (index_t s = 0; s < V; ++s)
+      if (s < r.g0 || s >= r.g1) std::fill_n(gz.data() + s * gz_site, gz_site, T(0));
+    for (bool derivative : {true, false}) {
+      auto run = [&](bool fused, int threads) {
+        test::ThreadCount guard(threads);
+        // stale partial sums of an earlier run must not stand in for missing ones
+        std::fill(scratch.begin(), scratch.end(), std::numeric_limits<T>::quiet_NaN());
+        std::vector<T> gw(w.size(), T(0.25)), gb(std::size_t(cout), T(-0.5));
+        AlignedBuffer<T> out(std::size_t(V * in_site), T(7));
+        const detail::ConvGradArgs<T> g{gz.data(), in.data(), taps.data(), cin,    cout,    K,       V,
+                                        stride,    gw.data(), gb.data(),   r.g0,   r.g1,    gz_site, in_site,
+                                        scratch.data()};
+        const detail::ConvKernelArgs<T> a{gz.data(), wt.data(), nullptr, taps.data(), cout,    cin,
+                                          K,         V,         stride,  r.a0,        r.a1,    gz_site,
+                                          in_site};
+        detail::ConvOutput<T> e{detail::ConvEpilogue::store, Activation::tanh, out.data(), nullptr, nullptr, nullptr};
+        if (derivative) e.mode = detail::ConvEpilogue::derivative, e.h = h.data(), e.z = h.data();
+        if (fused) {
+          REQUIRE(detail::conv_backward_fusable(g, a));
+          detail::conv_backward_fused(exec::OpenMP{}, g, a, e);
+        } else {
+          detail::conv_param_grad(exec::OpenMP{}, g);
+          detail::conv_forward(exec::OpenMP{}, a, e);
+        }
+        return std::make_tuple(gw, gb, out);
+      };
+      const auto [w_ref, b_ref, o_ref] = run(false, 1);
+      for (int threads : {1, 2}) {
+        const auto [w_f, b_f, o_f] = run(true, threads);
+        CAPTURE(r.g0);
+        CAPTURE(r.a0);
+        CAPTURE(threads);
+        CHECK(std::memcmp(w_f.data(), w_ref.data(), w_ref.size() * sizeof(T)) == 0);
+        CHECK(std::memcmp(b_f.data(), b_ref.data(), b_ref.size() * sizeof(T)) == 0);
+        CHECK(std::memcmp(o_f.data(), o_ref.data(), o_ref.size() * sizeof(T)) == 0);
+        ++fused_cases;
+      }
+      // the reference itself is nontrivial: a weight gradient and adjoint outputs were formed
+      CHECK(std::any_of(w_ref.begin(), w_ref.end(), [](T v) { return v != T(0.25); }));
+      CHECK(std::count(o_ref.begin(), o_ref.end(), T(7)) < std::ptrdiff_t(o_ref.size()));
+    }
+  }
+  CHECK(fused_cases == 24);
+  // not fusable: a range that is not a whole parity; one chunk per parity with a one-parity range
+  const detail::ConvGradArgs<T> g_part{gz_full.data(), in.data(), taps.data(), cin, cout, K, V, stride,
+                                       nullptr,        nullptr,   3,           V};
+  const detail::ConvKernelArgs<T> a_all{gz_full.data(), wt.data(), nullptr, taps.data(), cout, cin, K, V, stride};
+  CHECK_FALSE(detail::conv_backward_fusable(g_part, a_all));
 }

@@ -551,36 +551,41 @@ std::size_t conv_param_grad_scratch(index_t cin, index_t cout, index_t ntaps, in
 /// consecutive units share the chunk's data in L2); then one work item per weight-gradient item
 /// sums the chunks' partials in chunk order onto grad_weight, and one per bias entry adds the bias
 /// gradient. Every entry is summed in a fixed order: bitwise the same for any thread count.
+/// Calls f(integral_constant<Ob>, o0, i0, i1, t0, nt) for weight-gradient item k of plan.
+template <class T, class F>
+NORMFLOW_ALWAYS_INLINE void wgrad_dispatch(const ConvGradArgs<T>& a, const WgradPlan& plan, index_t k, F&& f) {
+  WgradRows r;
+  index_t i0, i1, t0, t1;
+  plan.item(k, a.cin, a.cout, a.ntaps, r, i0, i1, t0, t1);
+  if (r.ob == 4)
+    f(std::integral_constant<index_t, 4>{}, r.o0, i0, i1, t0, t1 - t0);
+  else if (r.ob == 2)
+    f(std::integral_constant<index_t, 2>{}, r.o0, i0, i1, t0, t1 - t0);
+  else
+    f(std::integral_constant<index_t, 1>{}, r.o0, i0, i1, t0, t1 - t0);
+}
+
+/// Weight-gradient work unit (chunk ch, item k) of plan: its partial sums into its scratch slot.
+template <class T>
+inline void wgrad_chunk_item(const ConvGradArgs<T>& a, const WgradPlan& plan, index_t ch, index_t k) noexcept {
+  using V = simd::native_pack<T>;
+  index_t c0, c1;
+  plan.chunk(ch, c0, c1);
+  const std::size_t chunk_stride = std::size_t(plan.nitems) * wgrad_unit_partials<T>;
+  T* out = a.scratch + std::size_t(ch) * chunk_stride + std::size_t(k) * wgrad_unit_partials<T>;
+  wgrad_dispatch(a, plan, k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1,
+                                             index_t t0, index_t nt) {
+    wgrad_unit<V, Ob>(a, o0, i0, i1, t0, nt, c0, c1, out);
+  });
+}
+
+/// The second phase of a weight gradient: one work item per weight-gradient item sums the chunks'
+/// partials in chunk order onto grad_weight, one per bias entry adds the bias gradient.
 template <class T, class Exec>
-void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
-  if (a.gz_site == 0) a.gz_site = offset_t(a.cout) * a.stride;
-  if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
+void wgrad_finish(Exec exec, const ConvGradArgs<T>& a, const WgradPlan& plan) {
   using V = simd::native_pack<T>;
   const index_t s_begin = a.site_begin, s_end = a.site_end < 0 ? a.volume : a.site_end;
-  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
   const std::size_t chunk_stride = std::size_t(plan.nitems) * wgrad_unit_partials<T>;
-  NORMFLOW_ASSERT(a.scratch != nullptr);
-  auto dispatch = [&a, &plan](index_t k, auto&& f) {
-    WgradRows r;
-    index_t i0, i1, t0, t1;
-    plan.item(k, a.cin, a.cout, a.ntaps, r, i0, i1, t0, t1);
-    if (r.ob == 4)
-      f(std::integral_constant<index_t, 4>{}, r.o0, i0, i1, t0, t1 - t0);
-    else if (r.ob == 2)
-      f(std::integral_constant<index_t, 2>{}, r.o0, i0, i1, t0, t1 - t0);
-    else
-      f(std::integral_constant<index_t, 1>{}, r.o0, i0, i1, t0, t1 - t0);
-  };
-  if (s_end > s_begin) {
-    exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
-      const index_t ch = index_t(u / plan.nitems), k = index_t(u % plan.nitems);
-      index_t c0, c1;
-      plan.chunk(ch, c0, c1);
-      T* out = a.scratch + std::size_t(ch) * chunk_stride + std::size_t(k) * wgrad_unit_partials<T>;
-      dispatch(k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1, index_t t0,
-                                  index_t nt) { wgrad_unit<V, Ob>(a, o0, i0, i1, t0, nt, c0, c1, out); });
-    });
-  }
   const index_t nchunks = s_end > s_begin ? plan.nchunks : 0;
   const offset_t bias_items = a.grad_bias ? a.cout : 0;
   exec::parallel_for(exec, plan.nitems + bias_items, [&](offset_t item) {
@@ -589,12 +594,98 @@ void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
       return;
     }
     const index_t k = index_t(item);
-    dispatch(k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1, index_t t0,
-                                index_t nt) {
+    wgrad_dispatch(a, plan, k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1,
+                                               index_t t0, index_t nt) {
       wgrad_reduce<V, Ob>(a, o0, i0, i1, t0, nt, a.scratch + std::size_t(k) * wgrad_unit_partials<T>, chunk_stride,
                           nchunks);
     });
   });
+}
+
+/// Adds the weight and bias gradients of one convolution. The output sites are split into chunks
+/// of wgrad_chunk_sites (a fixed split, whatever the thread count); work units (chunk, item),
+/// chunk-major, each write their partial sums to their own slot of a.scratch (so one thread's
+/// consecutive units share the chunk's data in L2); then wgrad_finish sums the chunks' partials in
+/// chunk order. Every entry is summed in a fixed order: bitwise the same for any thread count.
+template <class T, class Exec>
+void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
+  if (a.gz_site == 0) a.gz_site = offset_t(a.cout) * a.stride;
+  if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
+  const index_t s_begin = a.site_begin, s_end = a.site_end < 0 ? a.volume : a.site_end;
+  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
+  NORMFLOW_ASSERT(a.scratch != nullptr);
+  if (s_end > s_begin) {
+    exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
+      wgrad_chunk_item(a, plan, index_t(u / plan.nitems), index_t(u % plan.nitems));
+    });
+  }
+  wgrad_finish(exec, a, plan);
+}
+
+/// A whole-parity or whole-lattice site range [b, e) of a lattice of `volume` sites (even):
+/// the parities it covers (bit 0: the first half, bit 1: the second), or 0 if it is neither.
+inline int parity_blocks(index_t b, index_t e, index_t volume) noexcept {
+  const index_t half = volume / 2;
+  if (b == 0 && e == volume) return 3;
+  if (b == 0 && e == half) return 1;
+  if (b == half && e == volume) return 2;
+  return 0;
+}
+
+/// True when conv_backward_fused applies to the pair (see there): both site ranges are a whole
+/// parity or the whole lattice (even volume), and either both are the whole lattice or each
+/// parity has at least two chunks (with one chunk per parity and one range a single parity, one
+/// of two threads would get both kernels' work and the other one kernel's).
+template <class T>
+bool conv_backward_fusable(const ConvGradArgs<T>& g, const ConvKernelArgs<T>& a) noexcept {
+  if (g.volume % 2 != 0 || g.volume != a.volume || g.volume == 0) return false;
+  const index_t ge = g.site_end < 0 ? g.volume : g.site_end, ae = a.site_end < 0 ? a.volume : a.site_end;
+  const int gp = parity_blocks(g.site_begin, ge, g.volume), ap = parity_blocks(a.site_begin, ae, a.volume);
+  if (gp == 0 || ap == 0) return false;
+  return (gp == 3 && ap == 3) || g.volume / 2 > wgrad_chunk_sites;
+}
+
+/// One layer of a convolution stack's backward pass in one sweep: the weight gradient g (as
+/// conv_param_grad) and the input adjoint a with its epilogue e (as conv_forward), which read the
+/// same data: the cotangent gz (= a.in) and the layer input (g.in, whose own sites the derivative
+/// epilogue reads as e.h). Separately, on lattices whose activations exceed L2 each reads both
+/// from L3 or memory; here each work unit is one chunk of wgrad_chunk_sites sites of one parity
+/// (chunks alternating between the parities, as everywhere): the adjoint's items of the chunk's
+/// sites, then the weight gradient's units of the chunk, which find gz and the layer input in L2.
+/// The results are bitwise those of the two separate calls (the same partial sums in the same
+/// order; the adjoint's items write disjoint outputs). Requires conv_backward_fusable(g, a): both
+/// site ranges are a whole parity or the whole lattice (volume even).
+template <class T, class Exec>
+void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
+  if (g.gz_site == 0) g.gz_site = offset_t(g.cout) * g.stride;
+  if (g.in_site == 0) g.in_site = offset_t(g.cin) * g.stride;
+  if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
+  if (a.out_site == 0) a.out_site = offset_t(a.cout) * a.stride;
+  NORMFLOW_ASSERT(g.scratch != nullptr && conv_backward_fusable(g, a));
+  using V = simd::native_pack<T>;
+  constexpr index_t W = simd::pack_size<V>;
+  constexpr index_t C = conv_chunk_packs<V>;
+  const index_t volume = g.volume, half = volume / 2;
+  const index_t g_end = g.site_end < 0 ? volume : g.site_end, a_end = a.site_end < 0 ? volume : a.site_end;
+  const int g_par = parity_blocks(g.site_begin, g_end, volume), a_par = parity_blocks(a.site_begin, a_end, volume);
+  const WgradPlan plan(g.cin, g.cout, g.ntaps, g.site_begin, g_end, volume);
+  const index_t per_half = (half + wgrad_chunk_sites - 1) / wgrad_chunk_sites;
+  const index_t packs = a.stride / W, lane_chunks = (packs + C - 1) / C;
+  with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
+    exec::parallel_for(exec, offset_t(2) * per_half, [&](offset_t u) {
+      const index_t h = index_t(u % 2), j = index_t(u / 2);  // parity h, chunk j of it
+      const index_t c0 = h * half + j * wgrad_chunk_sites, c1 = std::min((h + 1) * half, c0 + wgrad_chunk_sites);
+      if (a_par & (1 << h))
+        for (index_t s = c0; s < c1; ++s)
+          for (index_t c = 0; c < lane_chunks; ++c) conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
+      if (g_par & (1 << h)) {
+        // the plan's chunk of these sites: alternating over the lattice, or chunk j of one parity
+        const index_t ch = plan.alternate ? index_t(u) : j;
+        for (index_t k = 0; k < plan.nitems; ++k) wgrad_chunk_item(g, plan, ch, k);
+      }
+    });
+  });
+  wgrad_finish(exec, g, plan);
 }
 
 }  // namespace normflow::detail

@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -298,6 +299,7 @@ class ConvStack {
     for (index_t l = num_layers() - 1; l >= 0; --l) {
       const index_t cin = in_channels(l), cout = out_channels(l);
       const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
+      std::optional<detail::ConvGradArgs<T>> wgrad;  // this layer's weight gradient, if formed
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs{g,
                                       in,
@@ -315,7 +317,7 @@ class ConvStack {
                                       site_stride(cin, stride),
                                       wscratch};
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
-        detail::conv_param_grad(exec, gargs);
+        wgrad = gargs;
       }
 
       // The adjoint convolution cout -> cin with W^T[i][o][t] = W[o][i][K - 1 - t] (tap K - 1 - t
@@ -346,7 +348,14 @@ class ConvStack {
           out.z = keeps_z() ? ws.m_z[std::size_t(l - 1)].data() : out.h;  // f'(z) from h alone otherwise
         }
       }
-      detail::conv_forward(exec, args, out);
+      // the weight gradient and the adjoint read the same g and layer input: one sweep where the
+      // site ranges allow (bitwise the same results as the two calls)
+      if (wgrad && detail::conv_backward_fusable(*wgrad, args)) {
+        detail::conv_backward_fused(exec, *wgrad, args, out);
+      } else {
+        if (wgrad) detail::conv_param_grad(exec, *wgrad);
+        detail::conv_forward(exec, args, out);
+      }
       std::swap(g, g_next);
     }
   }
