@@ -782,7 +782,7 @@ TEST_CASE_TEMPLATE("conv_backward_fused: the weight gradient and the adjoint in 
         detail::ConvOutput<T> e{detail::ConvEpilogue::store, Activation::tanh, out.data(), nullptr, nullptr, nullptr};
         if (derivative) e.mode = detail::ConvEpilogue::derivative, e.h = h.data(), e.z = h.data();
         if (fused) {
-          REQUIRE(detail::conv_backward_fusable(g, a));
+          REQUIRE(detail::conv_backward_fusable(exec::Serial{}, g, a));
           detail::conv_backward_fused(exec::OpenMP{}, g, a, e);
         } else {
           detail::conv_param_grad(exec::OpenMP{}, g);
@@ -811,5 +811,5 @@ TEST_CASE_TEMPLATE("conv_backward_fused: the weight gradient and the adjoint in 
   const detail::ConvGradArgs<T> g_part{gz_full.data(), in.data(), taps.data(), cin, cout, K, V, stride,
                                        nullptr,        nullptr,   3,           V};
   const detail::ConvKernelArgs<T> a_all{gz_full.data(), wt.data(), nullptr, taps.data(), cout, cin, K, V, stride};
-  CHECK_FALSE(detail::conv_backward_fusable(g_part, a_all));
+  CHECK_FALSE(detail::conv_backward_fusable(exec::Serial{}, g_part, a_all));
 }

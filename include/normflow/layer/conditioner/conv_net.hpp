@@ -350,7 +350,7 @@ class ConvStack {
       }
       // the weight gradient and the adjoint read the same g and layer input: one sweep where the
       // site ranges allow (bitwise the same results as the two calls)
-      if (wgrad && detail::conv_backward_fusable(*wgrad, args)) {
+      if (wgrad && detail::conv_backward_fusable(exec, *wgrad, args)) {
         detail::conv_backward_fused(exec, *wgrad, args, out);
       } else {
         if (wgrad) detail::conv_param_grad(exec, *wgrad);
