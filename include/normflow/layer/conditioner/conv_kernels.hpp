@@ -190,6 +190,17 @@ NORMFLOW_NOINLINE void conv_block_outline(const ConvKernelArgs<T>& a, T* out, in
                                           index_t b0) noexcept {
   conv_block_body<V, Ob, Pb, Cin>(a, out, s, o0, b0);
 }
+/// nblk >= 1 consecutive blocks of Pb packs from b0 in one out-of-line call (one call per output
+/// block and item instead of one per register block: 8 -> 8 from 70-73% to 74-77% of the peak).
+template <class V, index_t Ob, index_t Pb, index_t Cin, class T>
+NORMFLOW_NOINLINE void conv_blocks_outline(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0,
+                                           index_t nblk) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  index_t k = 0;
+  do {
+    conv_block_body<V, Ob, Pb, Cin>(a, out, s, o0, b0 + k * Pb * W);
+  } while (++k < nblk);
+}
 template <class V, index_t Ob, index_t Pb, index_t Cin, class T>
 NORMFLOW_ALWAYS_INLINE void conv_block(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0) noexcept {
   if constexpr (Cin == 1 || Cin == 2)
@@ -205,7 +216,12 @@ template <class V, index_t Ob, index_t Cin, index_t Pb = std::min(conv_accumulat
 inline void conv_rows(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0, index_t np) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   index_t p = 0;
-  for (; p + Pb <= np; p += Pb) conv_block<V, Ob, Pb, Cin>(a, out, s, o0, b0 + p * W);
+  if constexpr (Cin == 1 || Cin == 2) {
+    for (; p + Pb <= np; p += Pb) conv_block<V, Ob, Pb, Cin>(a, out, s, o0, b0 + p * W);
+  } else if (np >= Pb) {
+    conv_blocks_outline<V, Ob, Pb, Cin>(a, out, s, o0, b0, np / Pb);
+    p = np / Pb * Pb;
+  }
   if constexpr (Pb > 1) {
     if (p < np) conv_rows<V, Ob, Cin, Pb / 2>(a, out, s, o0, b0 + p * W, np - p);
   }
