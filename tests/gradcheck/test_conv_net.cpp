@@ -302,7 +302,7 @@ TEST_CASE("ConvStack: VJP across weight-gradient chunks, tiles, lane blocks and 
   check_directional_vjp<Lattice<10, 8>>(wide, 21, 37);
   check_directional_vjp<Lattice<10, 8>, Lexicographic>(wide, 22, 16);
   check_directional_vjp<Lattice<4, 6, 4>>(wide, 23, 19);
-  // 256 sites: two weight-gradient chunks of 128 sites, four tiles
+  // 256 sites: four weight-gradient chunks of 64 sites (two per parity), eight tiles
   check_directional_vjp<Lattice<16, 16>>(wide, 24, 40);
 }
 
@@ -729,7 +729,7 @@ TEST_CASE("ConvStack site ranges: restricted passes equal the full ones on their
 TEST_CASE_TEMPLATE("conv_backward_fused: the weight gradient and the adjoint in one sweep equal the two calls, bit "
                    "for bit, for every range pairing and thread count",
                    T, float, double) {
-  // 16x18: 144 sites per parity, two weight-gradient chunks each (128 + 16); 6 -> 5 channels,
+  // 16x18: 144 sites per parity, three weight-gradient chunks each (64 + 64 + 16); 6 -> 5 channels,
   // batch 37 (a partial pack); derivative (tanh) and store epilogues
   using Lat = Lattice<16, 18>;
   constexpr index_t V = Lat::volume, half = V / 2, K = 9, cin = 6, cout = 5, batch = 37;
