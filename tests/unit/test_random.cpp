@@ -4,11 +4,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <random>
 
 #include "support/backends.hpp"
 #include <normflow/prior/normal_prior.hpp>
 #include <normflow/prior/uniform_prior.hpp>
 #include <normflow/random/philox.hpp>
+#include <normflow/random/philox_simd.hpp>
 
 using namespace normflow;
 
@@ -85,6 +87,70 @@ TEST_CASE("Sample b at site x does not depend on the batch size or the site orde
     for (index_t b = 0; b < 3; ++b) CHECK(small.at_site(site, 0, b) == big.at_site(site, 0, b));
   // padding lanes stay zero
   CHECK(small(0, 0, small.batch()) == 0.0);
+}
+
+TEST_CASE("Box-Muller's elementary functions: ln within 1 ulp, sin and cos of 2 pi u within 2^-52") {
+  // detail::log_open_unit and detail::sincos_turn against libm (long double for the turns) on the
+  // uniforms CounterRng makes: the extremes, both sides of every quadrant boundary, random ones
+  std::vector<std::uint64_t> ks = {0, 1, 2, (1ull << 52) - 1, (1ull << 52) - 2, 1ull << 51, (1ull << 51) - 1};
+  for (std::uint64_t q = 1; q < 4; ++q)
+    for (std::uint64_t d = 0; d < 3; ++d) ks.push_back((q << 50) - 1 - d), ks.push_back((q << 50) + d);
+  std::mt19937_64 gen(3);
+  for (int i = 0; i < 200000; ++i) ks.push_back(gen() >> 12);
+  double worst_log = 0, worst_sin = 0, worst_cos = 0;
+  for (std::uint64_t k : ks) {
+    const double u = (double(k) + 0.5) * 0x1.0p-52;
+    const double l = detail::log_open_unit(u), le = std::log(u);
+    if (le != 0) worst_log = std::max(worst_log, std::abs(l - le) / std::abs(std::nextafter(le, 0.0) - le));
+    double sn, cs;
+    detail::sincos_turn(u, sn, cs);
+    const long double phi = 2.0L * 3.141592653589793238462643383279502884L * static_cast<long double>(u);
+    worst_sin = std::max(worst_sin, double(std::abs(static_cast<long double>(sn) - std::sin(phi))));
+    worst_cos = std::max(worst_cos, double(std::abs(static_cast<long double>(cs) - std::cos(phi))));
+  }
+  CHECK(worst_log <= 1.0);
+  CHECK(worst_sin <= 0x1.0p-52);
+  CHECK(worst_cos <= 0x1.0p-52);
+}
+
+TEST_CASE("The SIMD sampler gives CounterRng's bits and normals lane by lane, bit for bit") {
+  using VD = simd::native_pack<double>;
+  constexpr int W = int(simd::pack_size<VD>), N = 3;
+  const std::uint32_t b0s[] = {0, 8, 1000, 0xffffffffu - 5};  // the last wraps the counter
+  for (std::uint64_t seed : {0ull, 0x299f31d0a4093822ull})
+    for (std::uint32_t stream : {0u, 77u})
+      for (std::uint32_t b0 : b0s)
+        for (std::uint32_t site : {0u, 13u})
+          for (std::uint32_t j : {0u, 2u}) {
+            const CounterRng rng{seed, stream};
+            typename detail::RngPacks<VD>::VU w[4][N];
+            detail::philox_lanes<VD, N>(rng, b0, site, j, w);
+            VD z1[N], z2[N];
+            detail::normal_pair_lanes<VD, N>(rng, b0, site, j, z1, z2);
+            int bad = 0;
+            for (int n = 0; n < N; ++n)
+              for (int l = 0; l < W; ++l) {
+                const std::uint32_t b = b0 + std::uint32_t(n * W + l);
+                const auto ref = rng.bits(b, site, j);
+                for (int q = 0; q < 4; ++q) bad += w[q][n].get(std::size_t(l)) != ref[std::size_t(q)];
+                const DoublePair z = rng.normal_pair(b, site, j);
+                const double s1 = z1[n].get(std::size_t(l)), s2 = z2[n].get(std::size_t(l));
+                bad += std::memcmp(&z.first, &s1, sizeof(double)) != 0;
+                bad += std::memcmp(&z.second, &s2, sizeof(double)) != 0;
+              }
+            CHECK(bad == 0);
+          }
+}
+
+TEST_CASE_TEMPLATE("NormalPrior's host sampler equals the per-element kernel, any components and padding", T, float,
+                   double) {
+  using Lat = Lattice<4, 6>;
+  NormalPrior<Lat, T, Channels<3>> prior(0.25, 1.5, 11);
+  Field<Lat, T, Channels<3>> host(37), elem(37);  // 37: a partial last pack and padding lanes
+  prior.sample_into(host, exec::OpenMP{});
+  const detail::NormalFillKernel<Lat, default_order_t<Lat>, T, 3> k{elem.view(), CounterRng{11, 0}, 0.25, 1.5};
+  for (offset_t i = 0; i < offset_t(Lat::volume) * elem.padded_batch(); ++i) k(i);
+  CHECK(bitwise_equal(host, elem));
 }
 
 TEST_CASE("float samples are the double samples rounded to float") {

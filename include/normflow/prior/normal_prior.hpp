@@ -22,6 +22,7 @@
 #include <normflow/exec/exec.hpp>
 #include <normflow/field/field.hpp>
 #include <normflow/random/philox.hpp>
+#include <normflow/random/philox_simd.hpp>
 #include <normflow/simd/pack.hpp>
 
 namespace normflow {
@@ -34,12 +35,49 @@ struct SampleWithLogProb {
 };
 
 namespace detail {
-/// x(s, c, b) = loc + scale * z(b, site(s), c) for real samples, 0 in padding lanes.
+/// x(s, c, b) = loc + scale * z(b, site(s), c) for real samples, 0 in padding lanes. The host
+/// runs fill_lanes (packs of doubles through Philox and Box-Muller together, philox_simd.hpp), a
+/// device operator() per element; both give the same bits.
 template <LatticeShape Lat, SiteOrder Order, class T, index_t C>
 struct NormalFillKernel {
   FieldView<T, C> x;
   CounterRng rng;
   double loc, scale;
+  /// Host: the samples [b, b + N W) at storage position s, V a pack of W doubles.
+  template <class V, int N>
+  void fill_lanes(index_t s, index_t b) const noexcept {
+    constexpr index_t W = simd::pack_size<V>;
+    const index_t site = Order::template site_of<Lat>(s);
+    for (index_t j = 0; 2 * j < C; ++j) {
+      V z1[N], z2[N];
+      normal_pair_lanes<V, N>(rng, std::uint32_t(b), std::uint32_t(site), std::uint32_t(j), z1, z2);
+      for (int n = 0; n < N; ++n) {
+        store_lanes<V>(s, 2 * j, b + n * W, V(loc) + V(scale) * z1[n]);
+        if (2 * j + 1 < C) store_lanes<V>(s, 2 * j + 1, b + n * W, V(loc) + V(scale) * z2[n]);
+      }
+    }
+  }
+  /// x(s, c, [b, b + W)) = v (rounded to T), 0 in padding lanes.
+  template <class V>
+  void store_lanes(index_t s, index_t c, index_t b, const V& v) const noexcept {
+    constexpr index_t W = simd::pack_size<V>;
+    T* out = &x(s, c, b);
+    if (b + W <= x.batch) {
+      if constexpr (std::is_same_v<T, double>) {
+        v.store_unaligned(out);
+        return;
+      }
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float> && W == 8) {
+        _mm256_storeu_ps(out, _mm512_cvtpd_ps(v));  // round to nearest, as T(double)
+        return;
+      }
+#endif
+    }
+    alignas(64) double tmp[W];
+    v.store_aligned(tmp);
+    for (index_t l = 0; l < W; ++l) out[l] = b + l < x.batch ? T(tmp[l]) : T(0);
+  }
   NORMFLOW_HOST_DEVICE void operator()(offset_t i) const noexcept {
     const index_t s = index_t(i / x.stride), b = index_t(i % x.stride);
     if (b >= x.batch) {
@@ -164,7 +202,20 @@ class NormalPrior {
   template <exec::Policy Exec = exec::Default>
   void sample_into(field_type& x, Exec exec = {}) {
     const detail::NormalFillKernel<Lat, Order, T, components> k{x.view(), m_gen.next(), m_loc, m_scale};
-    exec::parallel_for(exec, offset_t(Lat::volume) * x.padded_batch(), k);
+    if constexpr (std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>) {
+      // host: groups of G packs of doubles per work item (the last group of a site may be shorter)
+      using VD = simd::native_pack<double>;
+      constexpr index_t W = simd::pack_size<VD>, G = 4;
+      const index_t packs = x.padded_batch() / W, groups = (packs + G - 1) / G;
+      exec::parallel_for(exec, offset_t(Lat::volume) * groups, [=](offset_t i) {
+        const index_t s = index_t(i / groups), p0 = index_t(i % groups) * G;
+        if (packs - p0 >= G)
+          k.template fill_lanes<VD, G>(s, p0 * W);
+        else
+          for (index_t p = p0; p < packs; ++p) k.template fill_lanes<VD, 1>(s, p * W);
+      });
+    } else
+      exec::parallel_for(exec, offset_t(Lat::volume) * x.padded_batch(), k);
   }
 
   /// Per-sample log r(x), into out (one entry per sample).
