@@ -13,7 +13,11 @@
 ///   log_det = sum_k log|det f_k'|,  backward runs the layers' adjoints from n down to 1 with the
 ///   same gl for every layer (log_det is a sum), reverse_backward runs the layers' reverse adjoints
 ///   from 1 up to n (the adjoint of x = f_1^{-1} o ... o f_n^{-1}(y) propagates a cotangent from x
-///   to y), which is also the forward-mode path-gradient recursion of arXiv:2403.15881.
+///   to y), which is also the forward-mode path-gradient recursion of arXiv:2403.15881. Because
+///   that recursion runs in the forward direction, forward_path runs it fused with the forward
+///   pass: layer k's reverse adjoint right after layer k's forward, while its tape is in cache
+///   (the results of forward followed by reverse_backward without parameter gradients, bit for
+///   bit).
 
 #include <algorithm>
 #include <array>
@@ -132,6 +136,24 @@ class Chain {
       const field_type& in = K == 0 ? x : tape.mid[(K - 1) % 2];
       field_type& out = K + 1 == size ? y : tape.mid[K % 2];
       l.forward(slice<K>(p), in, out, log_det, std::get<K>(tape.layers), exec);
+    });
+  }
+
+  /// forward, and the path-gradient recursion fused with it: gy = the reverse adjoint of the
+  /// chain for the cotangent gx on x and gl on the log-determinant (reverse_backward with no
+  /// parameter gradients), each layer's right after its forward (see the file comment). gx and
+  /// gy must be distinct fields, and distinct from x and y.
+  template <exec::Policy Exec = exec::HostDefault>
+  void forward_path(std::span<const T> p, const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape,
+                    const field_type& gx, std::span<const T> gl, field_type& gy, Exec exec = {}) const {
+    require_params(p, "Chain::forward_path");
+    for_each_layer([&]<std::size_t K>(const auto& l) {
+      const field_type& in = K == 0 ? x : tape.mid[(K - 1) % 2];
+      field_type& out = K + 1 == size ? y : tape.mid[K % 2];
+      l.forward(slice<K>(p), in, out, log_det, std::get<K>(tape.layers), exec);
+      const field_type& g_in = K == 0 ? gx : (K % 2 ? tape.g0 : tape.g1);
+      field_type& g_out = K + 1 == size ? gy : (K % 2 ? tape.g1 : tape.g0);
+      l.reverse_backward(slice<K>(p), std::get<K>(tape.layers), g_in, gl, g_out, std::span<T>{}, exec);
     });
   }
 
@@ -275,6 +297,20 @@ class Parametrized {
   template <exec::Policy Exec = exec::HostDefault>
   void forward(const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape, Exec exec = {}) const {
     m_layer.forward(params(), x, y, log_det, tape, exec);
+  }
+  /// forward fused with the path-gradient recursion: gy = the reverse adjoint for the cotangents
+  /// gx (on x) and gl (on log_det), no parameter gradients; bit for bit forward followed by
+  /// reverse_backward(tape, gx, gl, gy, false). Chains and module lists run each layer's adjoint
+  /// right after its forward (see Chain); other layers run the two calls.
+  template <exec::Policy Exec = exec::HostDefault>
+  void forward_path(const field_type& x, field_type& y, std::span<T> log_det, tape_type& tape, const field_type& gx,
+                    std::span<const T> gl, field_type& gy, Exec exec = {}) const {
+    if constexpr (requires { m_layer.forward_path(params(), x, y, log_det, tape, gx, gl, gy, exec); }) {
+      m_layer.forward_path(params(), x, y, log_det, tape, gx, gl, gy, exec);
+    } else {
+      m_layer.forward(params(), x, y, log_det, tape, exec);
+      m_layer.reverse_backward(params(), tape, gx, gl, gy, std::span<T>{}, exec);
+    }
   }
   template <exec::Policy Exec = exec::HostDefault>
   void reverse(const field_type& y, field_type& x, std::span<T> log_det, tape_type& tape, Exec exec = {}) const {

