@@ -43,8 +43,11 @@ NORMFLOW_HOST_DEVICE double bits_double(std::int64_t i) noexcept {
   return x;
 }
 
-/// Constants of the sampler's elementary functions: fdlibm 5.3 (Sun Microsystems, freely
-/// redistributable): e_log.c (Lg1..Lg7, ln2_hi, ln2_lo) and k_sin.c, k_cos.c (S1..S6, C1..C6).
+/// Constants of the sampler's elementary functions, from fdlibm 5.3: e_log.c (Lg1..Lg7, ln2_hi,
+/// ln2_lo) and k_sin.c, k_cos.c (S1..S6, C1..C6). fdlibm's notice: "Copyright (C) 1993 by Sun
+/// Microsystems, Inc. All rights reserved. Developed at SunSoft, a Sun Microsystems, Inc.
+/// business. Permission to use, copy, modify, and distribute this software is freely granted,
+/// provided that this notice is preserved."
 struct RngMath {
   static constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
   static constexpr double sqrt2 = 1.41421356237309514547e+00;
