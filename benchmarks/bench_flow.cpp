@@ -13,6 +13,11 @@
 ///   forward + backward: 16 x 3 x 1584 V B                   (forward, input gradient, weight gradient)
 /// With V = 64 and B = 128: forward 207.6 MFLOP, forward + backward 622.9 MFLOP.
 /// The peak: an FMA loop on 12 independent host SIMD accumulators (2 FLOP per lane per FMA).
+///
+/// PriorSample: NormalPrior::sample_into on 16x16 x 128, one thread, in million normals per second
+/// (1000 / that is ns per normal): the host's
+/// SIMD sampler (random/philox_simd.hpp) against the per-element kernel that device backends run
+/// (the same bits, one Philox call and one Box-Muller per element).
 
 #include <chrono>
 #include <cstdio>
@@ -23,6 +28,7 @@
 
 #include <normflow/flow/flow.hpp>
 #include <normflow/layer/coupling.hpp>
+#include <normflow/prior/normal_prior.hpp>
 #include <normflow/simd/pack.hpp>
 
 #include "fma_peak.hpp"
@@ -98,6 +104,29 @@ BENCHMARK_TEMPLATE(BM_FlowForward, double, Serial)->Name("FlowForward<8x8, doubl
 BENCHMARK_TEMPLATE(BM_FlowForwardBackward, float, Serial)->Name("FlowForwardBackward<8x8, float, Serial>")->Arg(128)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_FlowForwardBackward, float, HostDefault)->Name("FlowForwardBackward<8x8, float, OpenMP>")->Arg(128)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_FlowForwardBackward, double, Serial)->Name("FlowForwardBackward<8x8, double, Serial>")->Arg(128)->UseRealTime();
+
+/// NormalPrior draws on 16x16 x 128: the host sampler (simd = 1) or the per-element kernel.
+template <class T>
+void BM_PriorSample(benchmark::State& state) {
+  using L16 = Lattice<16, 16>;
+  const bool simd_path = state.range(0) != 0;
+  NormalPrior<L16, T> prior(0, 1, 3);
+  Field<L16, T> x(128);
+  for (auto _ : state) {
+    if (simd_path) {
+      prior.sample_into(x, exec::Serial{});
+    } else {
+      const detail::NormalFillKernel<L16, default_order_t<L16>, T, 1> k{x.view(), prior.generator().next(), 0.0, 1.0};
+      for (offset_t i = 0; i < offset_t(L16::volume) * x.padded_batch(); ++i) k(i);
+    }
+    benchmark::DoNotOptimize(x.data());
+  }
+  const double normals = double(L16::volume) * 128.0 * double(state.iterations());
+  state.counters["Mnormal/s"] = benchmark::Counter(normals * 1e-6, benchmark::Counter::kIsRate);
+}
+BENCHMARK_TEMPLATE(BM_PriorSample, float)->Name("PriorSample<16x16, float, simd>")->Arg(1)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_PriorSample, float)->Name("PriorSample<16x16, float, per-element>")->Arg(0)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_PriorSample, double)->Name("PriorSample<16x16, double, simd>")->Arg(1)->UseRealTime();
 
 }  // namespace
 

@@ -214,8 +214,9 @@ class NormalPrior {
         else
           for (index_t p = p0; p < packs; ++p) k.template fill_lanes<VD, 1>(s, p * W);
       });
-    } else
+    } else {
       exec::parallel_for(exec, offset_t(Lat::volume) * x.padded_batch(), k);
+    }
   }
 
   /// Per-sample log r(x), into out (one entry per sample).
