@@ -68,8 +68,9 @@ struct RngMath {
 /// ln x for a normal double x in (0, 1] (the uniforms of CounterRng::to_open_unit): fdlibm's
 /// e_log.c, x = 2^k m with m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f / (2 + f),
 ///   ln x = k ln2_hi - ((f^2/2 - (s (f^2/2 + R) + k ln2_lo)) - f),  R = fdlibm's minimax in s^2
-/// (|error| < 1 ulp), with the polynomial in fma Horner form. philox_simd.hpp's pack version
-/// performs the same operations in the same order.
+/// (|error| < 1 ulp). Only correctly rounded +, -, *, / (no fma, no contraction: the library
+/// builds with -ffp-contract=off), so every host and backend gives the same bits; philox_simd.hpp's
+/// pack version performs the same operations in the same order.
 NORMFLOW_HOST_DEVICE double log_open_unit(double x) noexcept {
   using M = RngMath;
   const std::int64_t bits = double_bits(x);
@@ -82,8 +83,8 @@ NORMFLOW_HOST_DEVICE double log_open_unit(double x) noexcept {
   const double f = m - 1.0;
   const double s = f / (2.0 + f);
   const double z = s * s, w = z * z;
-  const double t1 = w * std::fma(w, std::fma(w, M::Lg6, M::Lg4), M::Lg2);
-  const double t2 = z * std::fma(w, std::fma(w, std::fma(w, M::Lg7, M::Lg5), M::Lg3), M::Lg1);
+  const double t1 = w * (M::Lg2 + w * (M::Lg4 + w * M::Lg6));
+  const double t2 = z * (M::Lg1 + w * (M::Lg3 + w * (M::Lg5 + w * M::Lg7)));
   const double r = t2 + t1;
   const double hfsq = 0.5 * f * f;
   return k * M::ln2_hi - ((hfsq - (s * (hfsq + r) + k * M::ln2_lo)) - f);
@@ -93,26 +94,19 @@ NORMFLOW_HOST_DEVICE double log_open_unit(double x) noexcept {
 /// The reduction is exact in units of turns: q = round(4 u) (4 u is never a half-integer here),
 /// r = u - q / 4 exactly, |r| <= 1/8; x = 2 pi r (two-term 2 pi), |x| <= pi / 4; fdlibm's kernels
 /// sin x = x + x^3 (S1 + ... + S6 x^10), cos x = w + ((1 - w) - x^2/2 + x^2 r(x)), w = 1 - x^2/2;
-/// then the quadrant q. philox_simd.hpp's pack version performs the same operations.
+/// then the quadrant q. As log_open_unit: +, -, * only, the same operations in
+/// philox_simd.hpp's pack version.
 NORMFLOW_HOST_DEVICE void sincos_turn(double u, double& sin_out, double& cos_out) noexcept {
   using M = RngMath;
   const double q = std::nearbyint(4.0 * u);
   const double r = u - 0.25 * q;
-  const double x = std::fma(r, M::twopi_hi, r * M::twopi_lo);
+  const double x = r * M::twopi_hi + r * M::twopi_lo;
   const double z = x * x;
-  double ps = std::fma(z, M::S6, M::S5);
-  ps = std::fma(z, ps, M::S4);
-  ps = std::fma(z, ps, M::S3);
-  ps = std::fma(z, ps, M::S2);
-  ps = std::fma(z, ps, M::S1);
-  const double sn = std::fma(x * z, ps, x);
-  double pc = std::fma(z, M::C6, M::C5);
-  pc = std::fma(z, pc, M::C4);
-  pc = std::fma(z, pc, M::C3);
-  pc = std::fma(z, pc, M::C2);
-  pc = std::fma(z, pc, M::C1);
+  const double ps = M::S2 + z * (M::S3 + z * (M::S4 + z * (M::S5 + z * M::S6)));
+  const double sn = x + (z * x) * (M::S1 + z * ps);
+  const double pc = z * (M::C1 + z * (M::C2 + z * (M::C3 + z * (M::C4 + z * (M::C5 + z * M::C6)))));
   const double hz = 0.5 * z, w = 1.0 - hz;
-  const double cs = w + (((1.0 - w) - hz) + z * (z * pc));
+  const double cs = w + (((1.0 - w) - hz) + z * pc);
   switch (int(q) & 3) {
     case 0: sin_out = sn, cos_out = cs; break;
     case 1: sin_out = cs, cos_out = -sn; break;

@@ -9,9 +9,10 @@
 /// The 32-bit Philox words live in the low halves of 64-bit lanes (a 32 x 32 -> 64-bit product
 /// per lane gives both halves of mulhilo), so a pack of W doubles' worth of counters runs
 /// through the ten rounds together. The elementary functions repeat detail::log_open_unit and
-/// detail::sincos_turn of philox.hpp operation for operation (same constants, same fma and
-/// rounding steps; branches become lane selects that pick the same values), so the results
-/// equal the scalar ones exactly; tests/unit/test_random.cpp checks that lane by lane.
+/// detail::sincos_turn of philox.hpp operation for operation (same constants, the same correctly
+/// rounded +, -, *, /, sqrt and no fma, so any SIMD width, with or without FMA instructions;
+/// branches become lane selects that pick the same values), so the results equal the scalar ones
+/// exactly; tests/unit/test_random.cpp checks that lane by lane.
 /// Speed (one core, AVX-512): about 38 ns per normal with libm and the scalar generator, a few
 /// ns with this one (benchmarks/README.md).
 
@@ -96,8 +97,8 @@ NORMFLOW_ALWAYS_INLINE VD log_open_unit_lanes(const VD& x) noexcept {
   const VD f = m - VD(1.0);
   const VD s = f / (VD(2.0) + f);
   const VD z = s * s, w = z * z;
-  const VD t1 = w * simd::fma(w, simd::fma(w, VD(M::Lg6), VD(M::Lg4)), VD(M::Lg2));
-  const VD t2 = z * simd::fma(w, simd::fma(w, simd::fma(w, VD(M::Lg7), VD(M::Lg5)), VD(M::Lg3)), VD(M::Lg1));
+  const VD t1 = w * (VD(M::Lg2) + w * (VD(M::Lg4) + w * VD(M::Lg6)));
+  const VD t2 = z * (VD(M::Lg1) + w * (VD(M::Lg3) + w * (VD(M::Lg5) + w * VD(M::Lg7))));
   const VD r = t2 + t1;
   const VD hfsq = VD(0.5) * f * f;
   return k * VD(M::ln2_hi) - ((hfsq - (s * (hfsq + r) + k * VD(M::ln2_lo))) - f);
@@ -109,21 +110,13 @@ NORMFLOW_ALWAYS_INLINE void sincos_turn_lanes(const VD& u, VD& sin_out, VD& cos_
   using M = RngMath;
   const VD q = xsimd::nearbyint(VD(4.0) * u);
   const VD r = u - VD(0.25) * q;
-  const VD x = simd::fma(r, VD(M::twopi_hi), r * VD(M::twopi_lo));
+  const VD x = r * VD(M::twopi_hi) + r * VD(M::twopi_lo);
   const VD z = x * x;
-  VD ps = simd::fma(z, VD(M::S6), VD(M::S5));
-  ps = simd::fma(z, ps, VD(M::S4));
-  ps = simd::fma(z, ps, VD(M::S3));
-  ps = simd::fma(z, ps, VD(M::S2));
-  ps = simd::fma(z, ps, VD(M::S1));
-  const VD sn = simd::fma(x * z, ps, x);
-  VD pc = simd::fma(z, VD(M::C6), VD(M::C5));
-  pc = simd::fma(z, pc, VD(M::C4));
-  pc = simd::fma(z, pc, VD(M::C3));
-  pc = simd::fma(z, pc, VD(M::C2));
-  pc = simd::fma(z, pc, VD(M::C1));
+  const VD ps = VD(M::S2) + z * (VD(M::S3) + z * (VD(M::S4) + z * (VD(M::S5) + z * VD(M::S6))));
+  const VD sn = x + (z * x) * (VD(M::S1) + z * ps);
+  const VD pc = z * (VD(M::C1) + z * (VD(M::C2) + z * (VD(M::C3) + z * (VD(M::C4) + z * (VD(M::C5) + z * VD(M::C6))))));
   const VD hz = VD(0.5) * z, w = VD(1.0) - hz;
-  const VD cs = w + (((VD(1.0) - w) - hz) + z * (z * pc));
+  const VD cs = w + (((VD(1.0) - w) - hz) + z * pc);
   // quadrant q mod 4 (q = 4 is quadrant 0): 1: (cs, -sn), 2: (-sn, -cs), 3: (-cs, sn)
   const auto q1 = q == VD(1.0), q2 = q == VD(2.0), q3 = q == VD(3.0);
   const VD s0 = xsimd::select(q1 | q3, cs, sn), c0 = xsimd::select(q1 | q3, sn, cs);

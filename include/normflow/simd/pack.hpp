@@ -78,7 +78,10 @@ NORMFLOW_ALWAYS_INLINE scalar_t<V> lane(const V& v, index_t i) noexcept {
 /// a * b + c with one rounding, lane-wise: std::fma for a scalar, the FMA instruction for a pack.
 /// (xsimd 8.1 has no AVX-512 fma kernel: its xsimd::fma falls back to a * b + c there, two
 /// roundings and half the FMA units' throughput; the intrinsic is used for AVX-512 packs.)
-/// Scalar and pack paths give the same bits.
+/// Scalar and pack paths give the same bits where the pack's instruction set has FMA (AVX2 with
+/// FMA3, AVX-512); on packs without it (a plain SSE2 build) xsimd::fma rounds twice, so kernels
+/// that must agree bit for bit with a scalar path on every host use no fma (the prior's sampler:
+/// random/philox.hpp).
 template <class V>
 NORMFLOW_ALWAYS_INLINE V fma(const V& a, const V& b, const V& c) noexcept {
   if constexpr (std::is_arithmetic_v<V>) {
