@@ -7,18 +7,12 @@
 #include <random>
 
 #include "support/backends.hpp"
+#include "support/bits.hpp"
 #include <normflow/prior/normal_prior.hpp>
 #include <normflow/prior/uniform_prior.hpp>
 #include <normflow/random/philox.hpp>
 
 using namespace normflow;
-
-namespace {
-template <class F>
-bool bitwise_equal(const F& a, const F& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(typename F::value_type)) == 0;
-}
-}  // namespace
 
 TEST_CASE("Philox4x32-10 reproduces the Random123 known-answer vectors") {
   // kat_vectors of Random123 (Salmon et al., SC11): ctr, key -> output.
@@ -71,9 +65,9 @@ TEST_CASE_TEMPLATE("NormalPrior samples are bitwise identical with 1 and 2 OpenM
     return std::pair{std::move(a), std::move(b)};
   };
   const auto one = draw(1), two = draw(2);
-  CHECK(bitwise_equal(one.first, two.first));
-  CHECK(bitwise_equal(one.second, two.second));
-  CHECK_FALSE(bitwise_equal(one.first, draw(1).second));
+  CHECK(test::same_bits(one.first, two.first));
+  CHECK(test::same_bits(one.second, two.second));
+  CHECK_FALSE(test::same_bits(one.first, draw(1).second));
 }
 
 TEST_CASE("Sample b at site x does not depend on the batch size or the site order") {
@@ -127,8 +121,8 @@ TEST_CASE_TEMPLATE_DEFINE("Priors draw bitwise identical fields on every backend
   NormalPrior<Lat, float> ref(0, 1, 5), other(0, 1, 5);
   const auto a = ref.sample(50, exec::Serial{});
   const auto b = other.sample(50, Exec{});
-  CHECK(bitwise_equal(a, b));
+  CHECK(test::same_bits(a, b));
   UniformPrior<Lat, double, Channels<3>> uref(-1, 2, 6), uother(-1, 2, 6);
-  CHECK(bitwise_equal(uref.sample(9, exec::Serial{}), uother.sample(9, Exec{})));
+  CHECK(test::same_bits(uref.sample(9, exec::Serial{}), uother.sample(9, Exec{})));
 }
 TEST_CASE_TEMPLATE_APPLY(rng_backend_id, test::Backends);

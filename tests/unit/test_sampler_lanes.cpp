@@ -6,18 +6,12 @@
 
 #include <cstring>
 
+#include "support/bits.hpp"
 #include <normflow/prior/normal_prior.hpp>
 #include <normflow/random/philox.hpp>
 #include <normflow/random/philox_simd.hpp>
 
 using namespace normflow;
-
-namespace {
-template <class F>
-bool same_bits(const F& a, const F& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(typename F::value_type)) == 0;
-}
-}  // namespace
 
 TEST_CASE("The SIMD sampler gives CounterRng's bits and normals lane by lane, bit for bit") {
   INFO("SIMD: ", simd::arch_name());
@@ -57,5 +51,5 @@ TEST_CASE_TEMPLATE("NormalPrior's host sampler equals the per-element kernel, an
   prior.sample_into(host, exec::OpenMP{});
   const detail::NormalFillKernel<Lat, default_order_t<Lat>, T, 3> k{elem.view(), CounterRng{11, 0}, 0.25, 1.5};
   for (offset_t i = 0; i < offset_t(Lat::volume) * elem.padded_batch(); ++i) k(i);
-  CHECK(same_bits(host, elem));
+  CHECK(test::same_bits(host, elem));
 }
