@@ -12,9 +12,9 @@
 /// detail::sincos_turn of philox.hpp operation for operation (same constants, the same correctly
 /// rounded +, -, *, /, sqrt and no fma, so any SIMD width, with or without FMA instructions;
 /// branches become lane selects that pick the same values), so the results equal the scalar ones
-/// exactly; tests/unit/test_random.cpp checks that lane by lane.
-/// Speed (one core, AVX-512): about 38 ns per normal with libm and the scalar generator, a few
-/// ns with this one (benchmarks/README.md).
+/// exactly; tests/unit/test_sampler_lanes.cpp checks that lane by lane (also built without -march).
+/// Speed (one core, AVX-512): about 37 ns per normal with libm and the scalar generator, about 8
+/// ns with this one (bench_flow's PriorSample; benchmarks/README.md).
 
 #include <cstdint>
 #include <type_traits>
