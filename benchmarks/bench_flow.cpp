@@ -22,6 +22,10 @@
 /// ForwardPath: the forward pass with the path gradient's reverse adjoint (no parameter
 /// gradients), on 8x8 and 32x32, batch 128, float, one thread: fused (forward_path, each layer's
 /// adjoint right after its forward) against forward then reverse_backward (the same bits).
+///
+/// ConvSchedule: one conditioner (ConvStack 1 -> 8 -> 8 -> 2, a coupling's site ranges) on 32x32 x
+/// 128, one thread, float and double: its forward pass and its input adjoint, each convolution
+/// over the whole lattice in turn (layer_by_layer) against the wavefront (the same bits).
 
 #include <chrono>
 #include <cstdio>
@@ -31,6 +35,7 @@
 #include <benchmark/benchmark.h>
 
 #include <normflow/flow/flow.hpp>
+#include <normflow/layer/conditioner/conv_net.hpp>
 #include <normflow/layer/coupling.hpp>
 #include <normflow/prior/normal_prior.hpp>
 #include <normflow/simd/pack.hpp>
@@ -165,6 +170,48 @@ BENCHMARK_TEMPLATE(BM_ForwardPath, Lat)->Name("ForwardPath<8x8, float, fused>")-
 BENCHMARK_TEMPLATE(BM_ForwardPath, Lat)->Name("ForwardPath<8x8, float, two sweeps>")->Arg(0)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_ForwardPath, Lattice<32, 32>)->Name("ForwardPath<32x32, float, fused>")->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_ForwardPath, Lattice<32, 32>)->Name("ForwardPath<32x32, float, two sweeps>")->Arg(0)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+/// One conditioner on lattice L: forward (adjoint = 0) or the input adjoint (adjoint = 1), with
+/// ConvSchedule::layer_by_layer (wave = 0) or ConvSchedule::wavefront (wave = 1).
+template <class L, class T>
+void BM_ConvSchedule(benchmark::State& state) {
+  const bool wave = state.range(0) != 0, adjoint = state.range(1) != 0;
+  constexpr index_t V = L::volume, B = 128;
+  const ConvStack<L, T> net(ConvNetConfig{.in_channels = 1, .hidden = {8, 8}, .out_channels = 2, .bias = false});
+  std::vector<T> params(net.num_params());
+  net.init_params(params, 7);
+  Field<L, T, Scalar> x(B), gx(B);
+  Field<L, T, Channels<2>> y(B), gy(B);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<T> normal;
+  for (index_t s = 0; s < V; ++s)
+    for (index_t b = 0; b < B; ++b) x(s, b) = normal(rng), gy(s, 0, b) = normal(rng), gy(s, 1, b) = normal(rng);
+  typename ConvStack<L, T>::Workspace ws;
+  ws.schedule = wave ? ConvSchedule::wavefront : ConvSchedule::layer_by_layer;
+  const SiteRange active{V / 2, V}, frozen{0, V / 2};  // a coupling of parity 1
+  auto forward = [&] { net.forward(std::span<const T>(params), x, y, ws, exec::Serial{}, active, active); };
+  forward();
+  net.backward(std::span<const T>(params), ws, gy, gx, std::span<T>(), exec::Serial{}, frozen);
+  for (auto _ : state) {
+    if (adjoint)
+      net.backward(std::span<const T>(params), ws, gy, gx, std::span<T>(), exec::Serial{}, frozen);
+    else
+      forward();
+    benchmark::DoNotOptimize(adjoint ? gx.data() : y.data());
+  }
+}
+BENCHMARK_TEMPLATE(BM_ConvSchedule, Lattice<32, 32>, float)
+    ->Name("ConvSchedule<32x32, float>")
+    ->ArgNames({"wavefront", "adjoint"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_ConvSchedule, Lattice<32, 32>, double)
+    ->Name("ConvSchedule<32x32, double>")
+    ->ArgNames({"wavefront", "adjoint"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

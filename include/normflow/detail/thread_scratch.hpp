@@ -31,6 +31,7 @@ enum class ScratchSlot : int {
   conv_cotangent_a,  ///< ConvStack::backward: the cotangent of one layer's output
   conv_cotangent_b,  ///< ConvStack::backward: the cotangent of the next layer's output
   conv_wgrad,        ///< ConvStack::backward: conv_param_grad's partial sums
+  conv_ring,         ///< ConvStack::backward: the wavefront's ring buffers of the cotangents
   count
 };
 

@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: MIT
+// ConvStack's wavefront order of the forward pass and of the input adjoint: the schedule runs every
+// item of every convolution once and after everything it reads; the adjoint's ring buffers hand
+// every reader the value it needs; and the interleaved passes give the bits of the layer-by-layer
+// ones (outputs, the stored activations, input adjoints), on any lattice, kernel size, depth, site
+// order, activation and site range.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "support/backends.hpp"
+#include <normflow/layer/conditioner/conv_net.hpp>
+
+using namespace normflow;
+
+namespace {
+
+/// The tap table of a ConvStack: [t][s] = storage position of site(s) + delta_t.
+template <class Net>
+std::vector<index_t> tap_table(const Net& net) {
+  const index_t V = Net::volume, K = net.num_taps();
+  std::vector<index_t> taps(static_cast<std::size_t>(K * V));
+  for (index_t t = 0; t < K; ++t)
+    for (index_t s = 0; s < V; ++s) taps[std::size_t(t * V + s)] = net.tap_neighbor(t, s);
+  return taps;
+}
+
+/// Checks a schedule by brute force: every (layer, item) exactly once, and every item of layer
+/// l >= 1 after all the items of layer l - 1 it reads through the taps.
+void check_schedule(const detail::WaveSchedule& w, const std::vector<index_t>& taps, index_t K, index_t V,
+                    index_t layers) {
+  std::vector<std::vector<int>> when(static_cast<std::size_t>(layers), std::vector<int>(std::size_t(V), -1));
+  int step = 0;
+  for (const detail::WaveRun& r : w.runs) {
+    REQUIRE(r.layer >= 0);
+    REQUIRE(r.layer < layers);
+    REQUIRE(r.k0 >= 0);
+    REQUIRE(r.k0 < r.k1);
+    REQUIRE(r.k1 <= V);
+    for (index_t k = r.k0; k < r.k1; ++k) {
+      CHECK(when[std::size_t(r.layer)][std::size_t(k)] == -1);  // not run before
+      when[std::size_t(r.layer)][std::size_t(k)] = step++;
+    }
+  }
+  int late = 0;
+  for (index_t l = 0; l < layers; ++l)
+    for (index_t k = 0; k < V; ++k) {
+      REQUIRE(when[std::size_t(l)][std::size_t(k)] >= 0);  // run at all
+      if (l == 0) continue;
+      const index_t s = detail::conv_item_site(k, V);
+      for (index_t t = 0; t < K; ++t) {
+        const index_t p = detail::conv_site_item(taps[std::size_t(t * V + s)], V);
+        if (when[std::size_t(l - 1)][std::size_t(p)] > when[std::size_t(l)][std::size_t(k)]) ++late;
+      }
+    }
+  CHECK(late == 0);
+  CHECK(w.lag.size() == std::size_t(layers - 1));
+}
+
+/// Replays a schedule with its ring plan, tagging each ring slot with the site written there: every
+/// read through the plan's taps must find the site the convolution's tap names, and no slot count
+/// may exceed the lattice.
+void check_rings(const detail::WaveSchedule& w, const detail::ConvRingPlan& plan, const std::vector<index_t>& taps,
+                 index_t K, index_t V, index_t layers) {
+  if (layers < 2) return;
+  REQUIRE(plan.slots.size() == std::size_t(layers - 1));
+  std::vector<std::vector<index_t>> content(std::size_t(layers - 1));
+  for (index_t l = 0; l + 1 < layers; ++l) {
+    CHECK(plan.slots[std::size_t(l)] <= V);
+    content[std::size_t(l)].assign(std::size_t(plan.slots[std::size_t(l)]), -1);
+  }
+  int wrong = 0;
+  for (const detail::WaveRun& r : w.runs)
+    for (index_t k = r.k0; k < r.k1; ++k) {
+      const index_t s = detail::conv_item_site(k, V);
+      if (r.layer >= 1)
+        for (index_t t = 0; t < K; ++t) {
+          const index_t slot = plan.taps[std::size_t(r.layer)][std::size_t(t * V + s)];
+          if (content[std::size_t(r.layer - 1)][std::size_t(slot)] != taps[std::size_t(t * V + s)]) ++wrong;
+        }
+      if (r.layer + 1 < layers) content[std::size_t(r.layer)][std::size_t(plan.out_pos[std::size_t(r.layer)][std::size_t(s)])] = s;
+    }
+  CHECK(wrong == 0);
+}
+
+template <class Lat, class Order = default_order_t<Lat>>
+void check_schedules(const ConvNetConfig& cfg) {
+  const ConvStack<Lat, float, Order> net(cfg);
+  const std::vector<index_t> taps = tap_table(net);
+  for (index_t layers : {1, 2, 3, 5})
+    for (index_t block : {1, 7, 16, 1000}) {
+      CAPTURE(layers);
+      CAPTURE(block);
+      const detail::WaveSchedule w =
+          detail::conv_wavefront_schedule(taps.data(), net.num_taps(), Lat::volume, layers, block);
+      check_schedule(w, taps, net.num_taps(), Lat::volume, layers);
+      check_rings(w, detail::conv_ring_plan(w, taps.data(), net.num_taps(), Lat::volume, layers), taps,
+                  net.num_taps(), Lat::volume, layers);
+    }
+}
+
+/// Forward with each schedule from the same input; y and every stored activation must be the same
+/// bits (a backward with parameter gradients, layer by layer, reads them), and so must the input
+/// adjoint (a backward without them: a wavefront with ring buffers).
+template <class Lat, class T, class Order = default_order_t<Lat>>
+void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_sites = {},
+                     SiteRange zero_in_sites = {0, 0}, SiteRange in_sites = {}) {
+  using Net = ConvStack<Lat, T, Order>;
+  const Net net(cfg);
+  std::vector<T> params(net.num_params());
+  net.init_params(params, 11);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> normal;
+  Field<Lat, T, Channels<2>, Order> x(batch), gx1(batch), gx2(batch);
+  Field<Lat, T, Channels<3>, Order> y1(batch), y2(batch), gy(batch);
+  for (index_t s = 0; s < Lat::volume; ++s)
+    for (index_t c = 0; c < 2; ++c)
+      for (index_t b = 0; b < batch; ++b) x(s, c, b) = T(normal(rng));
+  for (index_t s = 0; s < Lat::volume; ++s)
+    for (index_t c = 0; c < 3; ++c)
+      for (index_t b = 0; b < batch; ++b) gy(s, c, b) = T(normal(rng));
+  typename Net::Workspace ws1, ws2;
+  ws1.schedule = ConvSchedule::layer_by_layer;
+  ws2.schedule = ConvSchedule::wavefront;
+  net.forward(params, x, y1, ws1, exec::Serial{}, out_sites, zero_in_sites);
+  net.forward(params, x, y2, ws2, exec::Serial{}, out_sites, zero_in_sites);
+  CHECK(net.use_wavefront(ws2, exec::Serial{}) == (cfg.hidden.size() >= 1));
+  CHECK_FALSE(net.use_wavefront(ws1, exec::Serial{}));
+  CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(T)) == 0);
+  // the stored activations, through the backward pass that reads them
+  std::vector<T> g1(net.num_params(), T(0)), g2(net.num_params(), T(0));
+  net.backward(params, ws1, gy, gx1, std::span<T>(g1), exec::Serial{});
+  net.backward(params, ws2, gy, gx2, std::span<T>(g2), exec::Serial{});
+  CHECK(std::memcmp(gx1.data(), gx2.data(), gx1.size() * sizeof(T)) == 0);
+  CHECK(std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(T)) == 0);
+  // the input adjoint alone; gx keeps its old values outside in_sites
+  for (auto* f : {&gx1, &gx2}) std::fill(f->data(), f->data() + f->size(), T(0.5));
+  net.backward(params, ws1, gy, gx1, std::span<T>(), exec::Serial{}, in_sites);
+  net.backward(params, ws2, gy, gx2, std::span<T>(), exec::Serial{}, in_sites);
+  CHECK(std::memcmp(gx1.data(), gx2.data(), gx1.size() * sizeof(T)) == 0);
+}
+
+ConvNetConfig config(std::vector<index_t> hidden, index_t kernel, Activation act = Activation::tanh) {
+  return {.in_channels = 2, .hidden = std::move(hidden), .out_channels = 3, .kernel_size = kernel,
+          .activation = act, .bias = true};
+}
+
+}  // namespace
+
+TEST_CASE("conv_wavefront_schedule: every item of every layer once, after all the items it reads") {
+  check_schedules<Lattice<8, 8>>(config({8, 8}, 3));
+  check_schedules<Lattice<6, 10>>(config({4}, 3));
+  check_schedules<Lattice<5, 7>>(config({4}, 3));           // odd volume: items in storage order
+  check_schedules<Lattice<4, 4, 6>>(config({4}, 3));        // rank 3
+  check_schedules<Lattice<6, 6>>(config({4}, 5));           // kernel 5: taps reach 2 rows
+  check_schedules<Lattice<3, 5>>(config({4}, 5));           // kernel larger than the lattice
+  check_schedules<Lattice<6, 6>>(config({4}, 1));           // kernel 1: no neighbours
+  check_schedules<Lattice<8, 8>, Lexicographic>(config({4}, 3));
+  check_schedules<Lattice<12>>(config({4}, 3));             // rank 1
+}
+
+TEST_CASE("conv_wavefront_schedule: the later layers run while layer 0 is still going") {
+  // the point of the schedule: on 32x32 each layer stays a few rows behind the one before
+  const ConvStack<Lattice<32, 32>, float> net(config({8, 8}, 3));
+  const std::vector<index_t> taps = tap_table(net);
+  const detail::WaveSchedule w = detail::conv_wavefront_schedule(taps.data(), 9, 1024, 3, 16);
+  REQUIRE(w.lag.size() == 2);
+  for (index_t lag : w.lag) {
+    CHECK(lag > 0);
+    CHECK(lag <= 4 * 32);  // at most four rows of 32 sites
+  }
+  index_t before_last_block = 0;  // items of layer 2 run before layer 0's last block
+  index_t done0 = 0;
+  for (const detail::WaveRun& r : w.runs) {
+    if (r.layer == 0) done0 += r.k1 - r.k0;
+    if (r.layer == 2 && done0 < 1024) before_last_block += r.k1 - r.k0;
+  }
+  CHECK(before_last_block > 1024 / 2);
+}
+
+TEST_CASE_TEMPLATE("ConvStack: the wavefront forward pass gives the layer-by-layer bits", T, float, double) {
+  check_same_bits<Lattice<8, 8>, T>(config({8, 8}, 3), 37);
+  check_same_bits<Lattice<8, 8>, T>(config({8, 8}, 3), 20, SiteRange{32, 64}, SiteRange{0, 32},
+                                    SiteRange{0, 32});  // a coupling's halves
+  check_same_bits<Lattice<32, 32>, T>(config({8, 8}, 3), 16, SiteRange{0, 512}, SiteRange{512, 1024},
+                                      SiteRange{512, 1024});
+  check_same_bits<Lattice<16, 12>, T>(config({5, 4, 3}, 3, Activation::silu), 5);
+  check_same_bits<Lattice<5, 7>, T>(config({4}, 3, Activation::leaky_relu), 3);
+  check_same_bits<Lattice<4, 4, 6>, T>(config({4, 3}, 3), 9, SiteRange{0, 48}, SiteRange{48, 96}, SiteRange{48, 96});
+  check_same_bits<Lattice<6, 6>, T>(config({3, 4}, 5, Activation::none), 17);
+  check_same_bits<Lattice<3, 5>, T>(config({3, 4}, 5), 2);
+  check_same_bits<Lattice<6, 6>, T>(config({4}, 1), 17);
+  check_same_bits<Lattice<8, 6>, T, Lexicographic>(config({4, 4}, 3), 4);
+  check_same_bits<Lattice<8, 6>, T>(config({}, 3), 4);  // one convolution: nothing to interleave
+}
+
+TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread for large activations only") {
+  const ConvNetConfig cfg{.in_channels = 1, .hidden = {8, 8}, .out_channels = 2, .kernel_size = 3, .bias = false};
+  auto chooses = [&]<class Lat, class T>(Lat, T, int threads) {
+    const ConvStack<Lat, T> net(cfg);
+    std::vector<T> params(net.num_params());
+    net.init_params(params, 1);
+    Field<Lat, T, Scalar> x(128);
+    Field<Lat, T, Channels<2>> y(128);
+    typename ConvStack<Lat, T>::Workspace ws;
+    test::ThreadCount guard(threads);
+    net.forward(params, x, y, ws, exec::OpenMP{});
+    return net.use_wavefront(ws, exec::OpenMP{});
+  };
+  CHECK_FALSE(chooses(Lattice<8, 8>{}, float{}, 1));     // 0.27 MB per activation: fits in L2
+  CHECK(chooses(Lattice<32, 32>{}, float{}, 1));         // 4.3 MB per activation, 0.8 MB window
+  CHECK(chooses(Lattice<32, 32>{}, double{}, 1));        // 1.6 MB window
+  CHECK_FALSE(chooses(Lattice<128, 128>{}, float{}, 1)); // the window (3.2 MB) leaves L2
+  if (exec::max_threads() >= 2) CHECK_FALSE(chooses(Lattice<32, 32>{}, float{}, 2));
+}
