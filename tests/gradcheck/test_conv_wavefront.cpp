@@ -62,9 +62,10 @@ void check_schedule(const detail::WaveSchedule& w, const std::vector<index_t>& t
 
 /// Replays a schedule with its ring plan, tagging each ring slot with the site written there: every
 /// read through the plan's taps must find the site the convolution's tap names, and no slot count
-/// may exceed the lattice.
+/// may exceed the lattice. With a backward plan, the weight-gradient tiles after each run read their
+/// sites' slots too, and each chunk's tiles must cover it once, in order.
 void check_rings(const detail::WaveSchedule& w, const detail::ConvRingPlan& plan, const std::vector<index_t>& taps,
-                 index_t K, index_t V, index_t layers) {
+                 index_t K, index_t V, index_t layers, const detail::ConvBackwardPlan* back = nullptr) {
   if (layers < 2) return;
   REQUIRE(plan.slots.size() == std::size_t(layers - 1));
   std::vector<std::vector<index_t>> content(std::size_t(layers - 1));
@@ -73,7 +74,11 @@ void check_rings(const detail::WaveSchedule& w, const detail::ConvRingPlan& plan
     content[std::size_t(l)].assign(std::size_t(plan.slots[std::size_t(l)]), -1);
   }
   int wrong = 0;
-  for (const detail::WaveRun& r : w.runs)
+  // per (layer, chunk): the next site its tiles must start at
+  const detail::WgradPlan chunks(1, 1, K, 0, V, V);
+  std::vector<std::vector<index_t>> next(std::size_t(layers), std::vector<index_t>(std::size_t(chunks.nchunks), -1));
+  for (std::size_t ri = 0; ri < w.runs.size(); ++ri) {
+    const detail::WaveRun& r = w.runs[ri];
     for (index_t k = r.k0; k < r.k1; ++k) {
       const index_t s = detail::conv_item_site(k, V);
       if (r.layer >= 1)
@@ -83,7 +88,30 @@ void check_rings(const detail::WaveSchedule& w, const detail::ConvRingPlan& plan
         }
       if (r.layer + 1 < layers) content[std::size_t(r.layer)][std::size_t(plan.out_pos[std::size_t(r.layer)][std::size_t(s)])] = s;
     }
+    if (!back) continue;
+    for (index_t i = back->tiles_after[ri]; i < back->tiles_after[ri + 1]; ++i) {
+      const detail::WgradTiles& t = back->tiles[std::size_t(i)];
+      REQUIRE(t.layer >= 1);
+      index_t c0, c1;
+      chunks.chunk(t.chunk, c0, c1);
+      index_t& n = next[std::size_t(t.layer)][std::size_t(t.chunk)];
+      CHECK(t.first == (n < 0));
+      CHECK(t.s0 == (n < 0 ? c0 : n));
+      CHECK(t.s1 <= c1);
+      n = t.s1;
+      for (index_t s = t.s0; s < t.s1; ++s)
+        if (content[std::size_t(t.layer - 1)][std::size_t(plan.out_pos[std::size_t(t.layer - 1)][std::size_t(s)])] != s)
+          ++wrong;
+    }
+  }
   CHECK(wrong == 0);
+  if (back)
+    for (index_t l = 1; l < layers; ++l)
+      for (index_t ch = 0; ch < chunks.nchunks; ++ch) {
+        index_t c0, c1;
+        chunks.chunk(ch, c0, c1);
+        CHECK(next[std::size_t(l)][std::size_t(ch)] == c1);  // every chunk done to its end
+      }
 }
 
 template <class Lat, class Order = default_order_t<Lat>>
@@ -99,12 +127,16 @@ void check_schedules(const ConvNetConfig& cfg) {
       check_schedule(w, taps, net.num_taps(), Lat::volume, layers);
       check_rings(w, detail::conv_ring_plan(w, taps.data(), net.num_taps(), Lat::volume, layers), taps,
                   net.num_taps(), Lat::volume, layers);
+      const detail::ConvBackwardPlan back =
+          detail::conv_backward_plan(w, taps.data(), net.num_taps(), Lat::volume, layers);
+      check_rings(w, back.ring, taps, net.num_taps(), Lat::volume, layers, &back);
     }
 }
 
 /// Forward with each schedule from the same input; y and every stored activation must be the same
-/// bits (a backward with parameter gradients, layer by layer, reads them), and so must the input
-/// adjoint (a backward without them: a wavefront with ring buffers).
+/// bits, and so must the backward pass with parameter gradients (a wavefront with ring buffers
+/// and weight-gradient tiles without bias; layer by layer with bias) and without them (the input
+/// adjoint, a wavefront with ring buffers).
 template <class Lat, class T, class Order = default_order_t<Lat>>
 void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_sites = {},
                      SiteRange zero_in_sites = {0, 0}, SiteRange in_sites = {}) {
@@ -130,8 +162,7 @@ void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_site
   CHECK(net.use_wavefront(ws2, exec::Serial{}) == (cfg.hidden.size() >= 1));
   CHECK_FALSE(net.use_wavefront(ws1, exec::Serial{}));
   CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(T)) == 0);
-  // the stored activations, through the backward pass that reads them
-  std::vector<T> g1(net.num_params(), T(0)), g2(net.num_params(), T(0));
+  std::vector<T> g1(net.num_params(), T(0.25)), g2(net.num_params(), T(0.25));
   net.backward(params, ws1, gy, gx1, std::span<T>(g1), exec::Serial{});
   net.backward(params, ws2, gy, gx2, std::span<T>(g2), exec::Serial{});
   CHECK(std::memcmp(gx1.data(), gx2.data(), gx1.size() * sizeof(T)) == 0);
@@ -143,9 +174,9 @@ void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_site
   CHECK(std::memcmp(gx1.data(), gx2.data(), gx1.size() * sizeof(T)) == 0);
 }
 
-ConvNetConfig config(std::vector<index_t> hidden, index_t kernel, Activation act = Activation::tanh) {
+ConvNetConfig config(std::vector<index_t> hidden, index_t kernel, Activation act = Activation::tanh, bool bias = false) {
   return {.in_channels = 2, .hidden = std::move(hidden), .out_channels = 3, .kernel_size = kernel,
-          .activation = act, .bias = true};
+          .activation = act, .bias = bias};
 }
 
 }  // namespace
@@ -195,6 +226,9 @@ TEST_CASE_TEMPLATE("ConvStack: the wavefront forward pass gives the layer-by-lay
   check_same_bits<Lattice<6, 6>, T>(config({4}, 1), 17);
   check_same_bits<Lattice<8, 6>, T, Lexicographic>(config({4, 4}, 3), 4);
   check_same_bits<Lattice<8, 6>, T>(config({}, 3), 4);  // one convolution: nothing to interleave
+  check_same_bits<Lattice<16, 18>, T>(config({6, 5}, 3), 37, SiteRange{144, 288}, SiteRange{0, 144},
+                                      SiteRange{0, 144});  // 3 weight-gradient chunks per parity
+  check_same_bits<Lattice<8, 8>, T>(config({8, 8}, 3, Activation::tanh, true), 20);  // bias: layer by layer
 }
 
 TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread for large activations only") {

@@ -30,8 +30,8 @@
 
 #include <algorithm>
 #include <span>
-#include <utility>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <normflow/config.hpp>
@@ -470,26 +470,26 @@ inline WaveSchedule conv_wavefront_schedule(const index_t* taps, index_t ntaps, 
 /// only the last layer may have a sub-range, as no later layer reads it). Bitwise the results of
 /// conv_forward(a[l], e[l]) for l = 0, ..., L - 1.
 template <class T>
-void conv_forward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<const ConvOutput<T>> e,
-                            std::span<const WaveRun> runs) {
+void conv_wavefront_run(ConvKernelArgs<T> args, const ConvOutput<T>& out, const WaveRun& r) {
   using V = simd::native_pack<T>;
   constexpr index_t W = simd::pack_size<V>;
   constexpr index_t C = conv_chunk_packs<V>;
-  for (const WaveRun& r : runs) {
-    ConvKernelArgs<T> args = a[std::size_t(r.layer)];
-    if (args.in_site == 0) args.in_site = offset_t(args.cin) * args.stride;
-    if (args.out_site == 0) args.out_site = offset_t(args.cout) * args.stride;
-    const ConvOutput<T>& out = e[std::size_t(r.layer)];
-    const index_t packs = args.stride / W, chunks = (packs + C - 1) / C;
-    const index_t s0 = args.site_begin, s1 = args.site_end < 0 ? args.volume : args.site_end;
-    with_channels(args.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
-      for (index_t k = r.k0; k < r.k1; ++k) {
-        const index_t s = conv_item_site(k, args.volume);
-        if (s < s0 || s >= s1) continue;
-        for (index_t c = 0; c < chunks; ++c) conv_item<V, Cin>(args, out, s, c * C * W, std::min(C, packs - c * C));
-      }
-    });
-  }
+  if (args.in_site == 0) args.in_site = offset_t(args.cin) * args.stride;
+  if (args.out_site == 0) args.out_site = offset_t(args.cout) * args.stride;
+  const index_t packs = args.stride / W, chunks = (packs + C - 1) / C;
+  const index_t s0 = args.site_begin, s1 = args.site_end < 0 ? args.volume : args.site_end;
+  with_channels(args.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
+    for (index_t k = r.k0; k < r.k1; ++k) {
+      const index_t s = conv_item_site(k, args.volume);
+      if (s < s0 || s >= s1) continue;
+      for (index_t c = 0; c < chunks; ++c) conv_item<V, Cin>(args, out, s, c * C * W, std::min(C, packs - c * C));
+    }
+  });
+}
+template <class T>
+void conv_forward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<const ConvOutput<T>> e,
+                            std::span<const WaveRun> runs) {
+  for (const WaveRun& r : runs) conv_wavefront_run(a[std::size_t(r.layer)], e[std::size_t(r.layer)], r);
 }
 
 /// Ring buffers for the intermediate outputs of a wavefront (conv_wavefront_schedule) whose
@@ -499,14 +499,16 @@ void conv_forward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<cons
 /// reads a whole buffer). A slot is taken when its item runs and given back after the last run
 /// that reads it (most recently freed first, so the slots in use stay in cache); items that a
 /// deferred item reads hold theirs to the end. On 32x32 the two 8-channel rings of the reference
-/// conditioner hold 160 and 192 sites (0.7 and 0.8 MB in float, batch 128) instead of 1024 each.
+/// conditioner hold 160 and 192 sites (0.7 and 0.8 MB in float, batch 128) instead of 1024 each;
+/// 160 and 224 where the weight gradient reads them too (conv_backward_plan).
 struct ConvRingPlan {
   std::vector<index_t> slots;
   std::vector<std::vector<index_t>> out_pos;
   std::vector<std::vector<index_t>> taps;
 };
+/// extra (optional): extra[l][k], a run after which item k of layer l is read too (-1: none).
 inline ConvRingPlan conv_ring_plan(const WaveSchedule& w, const index_t* taps, index_t ntaps, index_t volume,
-                                   index_t layers) {
+                                   index_t layers, const std::vector<std::vector<index_t>>* extra = nullptr) {
   ConvRingPlan plan;
   if (layers < 2) return plan;
   const std::size_t V = std::size_t(volume), L = std::size_t(layers), nruns = w.runs.size();
@@ -524,6 +526,8 @@ inline ConvRingPlan conv_ring_plan(const WaveSchedule& w, const index_t* taps, i
         last[std::size_t(p)] = std::max(last[std::size_t(p)], r);
       }
     }
+    if (extra)
+      for (index_t p = 0; p < volume; ++p) last[std::size_t(p)] = std::max(last[std::size_t(p)], (*extra)[l][std::size_t(p)]);
     for (index_t p = 0; p < volume; ++p)
       if (last[std::size_t(p)] >= 0) frees[std::size_t(last[std::size_t(p)])].push_back({index_t(l), p});
   }
@@ -573,6 +577,9 @@ struct ConvGradArgs {
   offset_t gz_site = 0;    ///< distance between sites of gz (0: cout * stride)
   offset_t in_site = 0;    ///< distance between sites of in (0: cin * stride)
   T* scratch = nullptr;    ///< conv_param_grad_scratch(...) elements, 64-byte aligned
+  /// The position in gz of output site s: gz_pos[s], or s itself (nullptr): a ring buffer (see
+  /// ConvRingPlan). Only the weight gradient reads it (bias_grad needs the whole gz: none then).
+  const index_t* gz_pos = nullptr;
 };
 
 /// Sites per tile of the weight-gradient sweep (4, 8 and 16 measured alike on 8x8 and 16x16),
@@ -594,13 +601,13 @@ constexpr index_t wgrad_max_taps(index_t ob) noexcept {
 /// One register block of the weight gradient: for o < Ob, j < Jb
 ///   part[o * pstride + j] += sum_{k < n} sum_{b < lanes} g[o](k, b) x(off[j * tile + k], b)
 /// (one pack per entry: lane l sums the lanes l, l + W, ...; the lanes are summed at the end),
-/// with g[o](k, .) at g + k g_step + o g_ch. The lanes are the inner loop: each gathered input
+/// with g[o](k, .) at g + goff[k] + o g_ch. The lanes are the inner loop: each gathered input
 /// address (j, k) is read once per site and serves all packs (gathering it per pack costs a
 /// scalar load per input pack and ran at 45-50% of the FMA peak instead of 57-64%). Sum order:
 /// sites ascending, packs ascending, onto the running partial. do-while loops: the bodies always
 /// run, so GCC keeps acc in registers across both loops.
 template <class V, index_t Ob, index_t Jb, class T>
-NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step, offset_t g_ch,
+NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g0, const offset_t* NORMFLOW_RESTRICT goff, offset_t g_ch,
                                    const T* NORMFLOW_RESTRICT x, const offset_t* NORMFLOW_RESTRICT off, index_t tile,
                                    index_t n, index_t lanes, T* NORMFLOW_RESTRICT part, index_t pstride) noexcept {
   constexpr index_t W = simd::pack_size<V>;
@@ -611,6 +618,7 @@ NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step
   do {
     const T* NORMFLOW_RESTRICT xj[Jb];
     for (index_t j = 0; j < Jb; ++j) xj[j] = x + off[offset_t(j) * tile + k];
+    const T* NORMFLOW_RESTRICT g = g0 + goff[k];
     index_t b = 0;
     do {
       V gv[Ob];
@@ -621,7 +629,6 @@ NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step
       }
       b += W;
     } while (b < lanes);
-    g += g_step;
   } while (++k < n);
   for (index_t o = 0; o < Ob; ++o)
     for (index_t j = 0; j < Jb; ++j) simd::store(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
@@ -629,14 +636,14 @@ NORMFLOW_NOINLINE void wgrad_block(const T* NORMFLOW_RESTRICT g, offset_t g_step
 
 /// wgrad_block with the tap-block width jb (1 <= jb <= Jmax) as a template argument.
 template <class V, index_t Ob, index_t Jmax, class T>
-NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, offset_t g_step, offset_t g_ch, const T* x,
+NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, const offset_t* goff, offset_t g_ch, const T* x,
                                           const offset_t* off, index_t tile, index_t n, index_t lanes, T* part,
                                           index_t pstride) noexcept {
   if constexpr (Jmax >= 1) {
     if (jb == Jmax)
-      wgrad_block<V, Ob, Jmax>(g, g_step, g_ch, x, off, tile, n, lanes, part, pstride);
+      wgrad_block<V, Ob, Jmax>(g, goff, g_ch, x, off, tile, n, lanes, part, pstride);
     else
-      wgrad_block_n<V, Ob, Jmax - 1>(jb, g, g_step, g_ch, x, off, tile, n, lanes, part, pstride);
+      wgrad_block_n<V, Ob, Jmax - 1>(jb, g, goff, g_ch, x, off, tile, n, lanes, part, pstride);
   }
 }
 
@@ -652,28 +659,32 @@ inline constexpr std::size_t wgrad_unit_partials =
 /// tap block) of the unit sweeps the tile's sites and all their lanes (wgrad_block), so the tile's
 /// gradient rows (Ob x 8 sites x the lanes: 16 KiB for 4 rows of 128 floats) are reused from L1
 /// by all blocks. Writes its partial sums to out: the pack of (o, c, t) at ((o nc + c) nt + t) W,
-/// each summed in the fixed order tiles, sites, packs.
+/// each summed in the fixed order tiles, sites, packs. A chunk may be done in several calls over
+/// consecutive runs of its tiles ([s_begin, s_end) starting at a tile boundary of the chunk, in
+/// order): the first with zero = true (it clears out), the others adding to out: the same sums.
 template <class V, index_t Ob, class T>
 void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
-                index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out) noexcept {
+                index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out, bool zero = true) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
   constexpr index_t tile = wgrad_tile_sites;
   alignas(64) offset_t off[wgrad_group_taps * tile];
+  offset_t goff[tile];
   const index_t nc = i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o nc + c) nt + t) W
   T* part = out;
-  std::fill(part, part + Ob * pstride * W, T(0));
+  if (zero) std::fill(part, part + Ob * pstride * W, T(0));
   const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
   for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
     const index_t n = std::min(tile, s_end - s0);
     for (index_t t = 0; t < nt; ++t)
       for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * a.in_site;
-    const T* g = a.gz + offset_t(s0) * a.gz_site + offset_t(o0) * a.stride;
+    for (index_t k = 0; k < n; ++k) goff[k] = offset_t(a.gz_pos ? a.gz_pos[s0 + k] : s0 + k) * a.gz_site;
+    const T* g = a.gz + offset_t(o0) * a.stride;
     for (index_t c = 0; c < nc; ++c) {
       const T* x = a.in + offset_t(i0 + c) * a.stride;
       for (index_t q = 0; q < nblocks; ++q) {
         const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
-        wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, a.gz_site, a.stride, x, off + j0 * tile, tile, n, a.stride,
+        wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, goff, a.stride, x, off + j0 * tile, tile, n, a.stride,
                                    part + (offset_t(c) * nt + j0) * W, pstride);
       }
     }
@@ -818,6 +829,20 @@ inline void wgrad_chunk_item(const ConvGradArgs<T>& a, const WgradPlan& plan, in
   });
 }
 
+/// Weight-gradient work unit (chunk ch, item k) of plan over the sites [s0, s1) of the chunk only
+/// (a run of its tiles; see wgrad_unit): zero for the chunk's first run.
+template <class T>
+inline void wgrad_tile_item(const ConvGradArgs<T>& a, const WgradPlan& plan, index_t ch, index_t k, index_t s0,
+                            index_t s1, bool zero) noexcept {
+  using V = simd::native_pack<T>;
+  const std::size_t chunk_stride = std::size_t(plan.nitems) * wgrad_unit_partials<T>;
+  T* out = a.scratch + std::size_t(ch) * chunk_stride + std::size_t(k) * wgrad_unit_partials<T>;
+  wgrad_dispatch(a, plan, k, [&]<index_t Ob>(std::integral_constant<index_t, Ob>, index_t o0, index_t i0, index_t i1,
+                                             index_t t0, index_t nt) {
+    wgrad_unit<V, Ob>(a, o0, i0, i1, t0, nt, s0, s1, out, zero);
+  });
+}
+
 /// The second phase of a weight gradient: one work item per weight-gradient item sums the chunks'
 /// partials in chunk order onto grad_weight, one per bias entry adds the bias gradient.
 template <class T, class Exec>
@@ -927,6 +952,117 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
     });
   });
   wgrad_finish(exec, g, plan);
+}
+
+/// One run of a weight gradient's tiles: the weight gradient read by adjoint layer `layer` of a
+/// wavefront backward pass (convolution L - 1 - layer), chunk `chunk` of its whole-lattice
+/// WgradPlan, sites [s0, s1) of that chunk (whole tiles, from the chunk's start when first).
+struct WgradTiles {
+  index_t layer, chunk, s0, s1;
+  bool first;
+};
+
+/// The backward pass with weight gradients as a wavefront (conv_backward_wavefront): the input
+/// adjoint's schedule and rings, and where each weight gradient's tiles run. The weight gradient of
+/// adjoint layer j >= 1 reads ring j - 1 (its gz) at the sites of a tile: the tile runs after the
+/// run that completes them, and never before the tile before it in its chunk (the partial sums of
+/// a chunk add its tiles in order: the same sums as conv_param_grad), and the ring keeps those
+/// sites until then. Adjoint layer 0's weight gradient reads the whole cotangent of y: its tiles
+/// run in order as adjoint layer 0 passes them (run_of0), whatever its site range.
+struct ConvBackwardPlan {
+  ConvRingPlan ring;
+  std::vector<WgradTiles> tiles;     ///< sorted by the run they follow
+  std::vector<index_t> tiles_after;  ///< tiles after run r: [tiles_after[r], tiles_after[r + 1])
+  std::vector<index_t> run_of0;      ///< the run of item k of adjoint layer 0
+};
+inline ConvBackwardPlan conv_backward_plan(const WaveSchedule& w, const index_t* taps, index_t ntaps, index_t volume,
+                                           index_t layers) {
+  ConvBackwardPlan plan;
+  if (layers < 2) return plan;
+  const std::size_t V = std::size_t(volume), L = std::size_t(layers), nruns = w.runs.size();
+  std::vector<std::vector<index_t>> run_of(L, std::vector<index_t>(V, -1));
+  for (std::size_t r = 0; r < nruns; ++r)
+    for (index_t k = w.runs[r].k0; k < w.runs[r].k1; ++k) run_of[std::size_t(w.runs[r].layer)][std::size_t(k)] = index_t(r);
+  plan.run_of0 = run_of[0];
+  std::vector<std::vector<index_t>> extra(L, std::vector<index_t>(V, -1));
+  std::vector<std::pair<index_t, WgradTiles>> placed;
+  const WgradPlan chunks(1, 1, ntaps, 0, volume, volume);
+  for (index_t j = 1; j < layers; ++j) {
+    for (index_t ch = 0; ch < chunks.nchunks; ++ch) {
+      index_t c0, c1, prev = -1;
+      chunks.chunk(ch, c0, c1);
+      for (index_t t0 = c0; t0 < c1; t0 += wgrad_tile_sites) {
+        const index_t t1 = std::min(c1, t0 + wgrad_tile_sites);
+        index_t ready = prev;
+        for (index_t s = t0; s < t1; ++s) ready = std::max(ready, run_of[std::size_t(j - 1)][std::size_t(conv_site_item(s, volume))]);
+        for (index_t s = t0; s < t1; ++s) {
+          index_t& e = extra[std::size_t(j - 1)][std::size_t(conv_site_item(s, volume))];
+          e = std::max(e, ready);
+        }
+        placed.push_back({ready, WgradTiles{j, ch, t0, t1, t0 == c0}});
+        prev = ready;
+      }
+    }
+  }
+  std::stable_sort(placed.begin(), placed.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  plan.tiles_after.assign(nruns + 1, 0);
+  for (const auto& [r, t] : placed) {
+    plan.tiles.push_back(t);
+    ++plan.tiles_after[std::size_t(r) + 1];
+  }
+  for (std::size_t r = 0; r < nruns; ++r) plan.tiles_after[r + 1] += plan.tiles_after[r];
+  plan.ring = conv_ring_plan(w, taps, ntaps, volume, layers, &extra);
+  return plan;
+}
+
+/// The backward pass of a convolution stack as a wavefront, on one thread: the input adjoint's
+/// convolutions a[j], e[j] (j = 0: the last convolution's adjoint) in the runs of w, and the weight
+/// gradient g[j] of each (without bias: a bias gradient sums the sites in storage order), its tiles
+/// placed by plan. g[j] for j >= 1 reads its gz through gz_pos (ring j - 1) over the whole
+/// lattice; g[0] may have any site range. Bitwise the results of conv_param_grad(g[j]) and
+/// conv_forward(a[j], e[j]) for j = 0, 1, ...: every adjoint item and every partial sum is computed
+/// by the same code in the same order.
+template <class T>
+void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<const ConvOutput<T>> e,
+                             std::span<const ConvGradArgs<T>> g, const WaveSchedule& w, const ConvBackwardPlan& plan) {
+  const index_t L = index_t(a.size());
+  // layer 0's tiles, in order: chunk by chunk, each from its start
+  const ConvGradArgs<T>& g0 = g[0];
+  const index_t g0_end = g0.site_end < 0 ? g0.volume : g0.site_end;
+  const WgradPlan p0(g0.cin, g0.cout, g0.ntaps, g0.site_begin, g0_end, g0.volume);
+  index_t ch0 = 0, t0 = 0;  // next tile of layer 0: chunk ch0, from site t0 (-1: the chunk's start)
+  const index_t nch0 = g0_end > g0.site_begin ? p0.nchunks : 0;
+  auto layer0_tiles = [&](index_t run) {  // the tiles adjoint layer 0 has passed by `run` (all: run < 0)
+    for (; ch0 < nch0; ++ch0, t0 = -1) {
+      index_t c0, c1;
+      p0.chunk(ch0, c0, c1);
+      if (t0 < 0 || t0 < c0) t0 = c0;
+      for (; t0 < c1; t0 += wgrad_tile_sites) {
+        const index_t t1 = std::min(c1, t0 + wgrad_tile_sites);
+        if (run >= 0)
+          for (index_t s = t0; s < t1; ++s)
+            if (plan.run_of0[std::size_t(conv_site_item(s, g0.volume))] > run) return;
+        for (index_t k = 0; k < p0.nitems; ++k) wgrad_tile_item(g0, p0, ch0, k, t0, t1, t0 == c0);
+      }
+    }
+  };
+  for (std::size_t r = 0; r < w.runs.size(); ++r) {
+    const WaveRun& run = w.runs[r];
+    conv_wavefront_run(a[std::size_t(run.layer)], e[std::size_t(run.layer)], run);
+    for (index_t i = plan.tiles_after[r]; i < plan.tiles_after[r + 1]; ++i) {
+      const WgradTiles& t = plan.tiles[std::size_t(i)];
+      const ConvGradArgs<T>& gj = g[std::size_t(t.layer)];
+      const WgradPlan pj(gj.cin, gj.cout, gj.ntaps, 0, gj.volume, gj.volume);
+      for (index_t k = 0; k < pj.nitems; ++k) wgrad_tile_item(gj, pj, t.chunk, k, t.s0, t.s1, t.first);
+    }
+    if (run.layer == 0) layer0_tiles(index_t(r));
+  }
+  layer0_tiles(-1);
+  for (index_t j = 0; j < L; ++j) {
+    const ConvGradArgs<T>& gj = g[std::size_t(j)];
+    const index_t end = gj.site_end < 0 ? gj.volume : gj.site_end;
+    wgrad_finish(exec::Serial{}, gj, WgradPlan(gj.cin, gj.cout, gj.ntaps, gj.site_begin, end, gj.volume));
+  }
 }
 
 }  // namespace normflow::detail

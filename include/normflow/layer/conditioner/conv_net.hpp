@@ -88,9 +88,9 @@ enum class ConvInit {
   zero_last,  ///< uniform, but the last convolution zero (the network starts as y = 0)
 };
 
-/// The order in which ConvStack runs the convolutions of its forward pass and of its input adjoint
-/// (backward without parameter gradients: the path gradient's reverse adjoint). Every order gives
-/// the same bits; the backward pass with parameter gradients always runs layer by layer.
+/// The order in which ConvStack runs the convolutions of its forward and backward passes. Every
+/// order gives the same bits. (A backward pass with parameter gradients of a network with biases
+/// always runs layer by layer: the bias gradient sums the sites in storage order.)
 enum class ConvSchedule {
   /// wavefront where it pays: one thread, two or more convolutions, a hidden activation of more
   /// than conv_wavefront_min_bytes (on 8x8 x 128 float the whole pass fits in L2 anyway), and a
@@ -99,8 +99,9 @@ enum class ConvSchedule {
   /// each convolution over the whole lattice, then the next
   layer_by_layer,
   /// the convolutions interleaved over the lattice (detail::conv_wavefront_schedule), so each one
-  /// reads its input while it is still in L2, and the adjoint's cotangents in ring buffers
-  /// (detail::ConvRingPlan); on one thread only (with more, layer by layer)
+  /// reads its input while it is still in L2; in backward the cotangents live in ring buffers and
+  /// the weight gradients run tile by tile behind them (detail::ConvBackwardPlan); on one thread
+  /// only (with more, layer by layer)
   wavefront,
 };
 
@@ -122,8 +123,8 @@ class ConvWorkspace {
  public:
   ConvWorkspace() = default;
 
-  /// The order of the convolutions of forward and of backward without parameter gradients (the
-  /// results do not depend on it; see ConvSchedule).
+  /// The order of the convolutions of forward and backward (the results do not depend on it; see
+  /// ConvSchedule).
   ConvSchedule schedule = ConvSchedule::automatic;
 
   /// Batch of the stored forward pass (-1 before the first).
@@ -145,6 +146,7 @@ class ConvWorkspace {
                                     // (pack_conv_weights, layer l at packed_offset(l)); backward: one layer's
   std::vector<detail::ConvKernelArgs<T>> m_args;  // each convolution's arguments (wavefront passes)
   std::vector<detail::ConvOutput<T>> m_outs;      // each convolution's output (wavefront passes)
+  std::vector<detail::ConvGradArgs<T>> m_gargs;   // each weight gradient (wavefront backward)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
 };
 
@@ -186,7 +188,7 @@ class ConvStack {
     build_taps();
     if (num_layers() >= 2) {
       m_wave = detail::conv_wavefront_schedule(m_taps.data(), m_taps_count, volume, num_layers(), wave_block);
-      m_ring = detail::conv_ring_plan(m_wave, m_taps.data(), m_taps_count, volume, num_layers());
+      m_back = detail::conv_backward_plan(m_wave, m_taps.data(), m_taps_count, volume, num_layers());
     }
   }
 
@@ -305,8 +307,8 @@ class ConvStack {
     }
   }
 
-  /// True when forward(..., ws, exec) interleaves its convolutions, and so does backward without
-  /// parameter gradients (see ConvSchedule).
+  /// True when forward(..., ws, exec) interleaves its convolutions, and so does backward (with
+  /// parameter gradients only without bias; see ConvSchedule).
   template <class Exec>
   bool use_wavefront(const Workspace& ws, Exec) const noexcept {
     const bool one_thread = std::is_same_v<Exec, exec::Serial> || exec::max_threads() == 1;
@@ -357,8 +359,8 @@ class ConvStack {
       exec::parallel_fill(exec, g, std::size_t(offset_t(o0) * site), T(0));
       exec::parallel_fill(exec, g + offset_t(o1) * site, std::size_t(offset_t(volume - o1) * site), T(0));
     }
-    if (grads.empty() && use_wavefront(ws, exec)) {
-      adjoint_wavefront(params, ws, g, gx, in_sites);
+    if ((grads.empty() || !m_config.bias) && use_wavefront(ws, exec)) {
+      backward_wavefront(params, ws, g, gx, grads, in_sites);
       return;
     }
     for (index_t l = num_layers() - 1; l >= 0; --l) {
@@ -476,36 +478,65 @@ class ConvStack {
     }
   }
 
-  /// The input adjoint (backward without parameter gradients) as a wavefront: the convolutions of
-  /// backward's layer loop, layer L - 1 first, interleaved by m_wave, each cotangent but the last
-  /// in a ring buffer (m_ring) that holds only the sites still to be read, so that it is written
-  /// and read in L2 (on 32x32 x 128 float each full cotangent is 4.3 MB: written to L3 and read
-  /// back). g: the cotangent of y, as backward lays it out. Bitwise the layer-by-layer results.
-  /// Measured in isolation (ConvStack 1 -> 8 -> 8 -> 2, batch 128, one thread, the coupling's
-  /// site ranges): 32x32 float 1.66-1.71 -> 1.59-1.60 ms, 32x32 double 4.3-4.6 -> 3.98-3.99 ms.
+  /// The backward pass as a wavefront: the convolutions of backward's layer loop, layer L - 1
+  /// first, interleaved by m_wave, each cotangent but the last in a ring buffer that holds only the
+  /// sites still to be read (m_back.ring), so that it is written and read in L2 (on 32x32 x 128
+  /// float each full cotangent is 4.3 MB: written to L3 and read back); with grads, each layer's
+  /// weight gradient tile by tile as its cotangent's sites are done (m_back; no bias: a bias
+  /// gradient sums the sites in storage order). g: the cotangent of y, as backward lays it out.
+  /// Bitwise the layer-by-layer results. Measured (ConvStack 1 -> 8 -> 8 -> 2, batch 128, one
+  /// thread, a coupling's site ranges), input adjoint alone: 32x32 float 1.66-1.71 -> 1.59-1.60 ms,
+  /// 32x32 double 4.3-4.6 -> 3.98-3.99 ms.
   template <SiteType SiteIn>
-  void adjoint_wavefront(std::span<const T> params, Workspace& ws, const T* g, Field<Lat, T, SiteIn, Order>& gx,
-                         SiteRange in_sites) const {
+  void backward_wavefront(std::span<const T> params, Workspace& ws, const T* g, Field<Lat, T, SiteIn, Order>& gx,
+                          std::span<T> grads, SiteRange in_sites) const {
     const index_t L = num_layers(), stride = ws.m_stride;
-    std::size_t ring_total = 0;
-    for (index_t j = 0; j + 1 < L; ++j)
-      ring_total += std::size_t(m_ring.slots[std::size_t(j)]) * std::size_t(site_stride(in_channels(L - 1 - j), stride));
+    const detail::ConvRingPlan& rp = m_back.ring;
+    std::size_t ring_total = 0, wgrad_total = 0;
+    for (index_t j = 0; j < L; ++j) {
+      const index_t l = L - 1 - j;
+      if (j + 1 < L) ring_total += std::size_t(rp.slots[std::size_t(j)]) * std::size_t(site_stride(in_channels(l), stride));
+      wgrad_total += detail::conv_param_grad_scratch<T>(in_channels(l), out_channels(l), m_taps_count, volume);
+    }
     T* ring = detail::thread_scratch<T>(detail::ScratchSlot::conv_ring, ring_total);
-    const T* in = g;
+    T* wscratch = grads.empty() ? nullptr : detail::thread_scratch<T>(detail::ScratchSlot::conv_wgrad, wgrad_total);
+    const T* in = g;  // the cotangent adjoint layer j reads
+    const index_t* in_pos = nullptr;
     for (index_t j = 0; j < L; ++j) {  // adjoint layer j: convolution l = L - 1 - j, cout -> cin
       const index_t l = L - 1 - j, cin = in_channels(l), cout = out_channels(l);
       T* packed = ws.m_wt.data() + packed_offset(l);
       detail::pack_conv_weights(params.data() + weight_offset(l), packed, cout, cin, m_taps_count, true);
-      detail::ConvKernelArgs<T> args{in, packed, nullptr, j == 0 ? m_taps.data() : m_ring.taps[std::size_t(j)].data(),
+      detail::ConvKernelArgs<T> args{in, packed, nullptr, j == 0 ? m_taps.data() : rp.taps[std::size_t(j)].data(),
                                      cout, cin, m_taps_count, volume, stride};
       args.in_site = site_stride(cout, stride);
+      if (!grads.empty()) {
+        detail::ConvGradArgs<T> gargs{in,
+                                      l == 0 ? ws.m_x.data() : layer_output(ws, l - 1),
+                                      m_taps.data(),
+                                      cin,
+                                      cout,
+                                      m_taps_count,
+                                      volume,
+                                      stride,
+                                      grads.data() + weight_offset(l),
+                                      nullptr,
+                                      0,
+                                      -1,
+                                      site_stride(cout, stride),
+                                      site_stride(cin, stride),
+                                      wscratch};
+        gargs.gz_pos = in_pos;
+        if (j == 0) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
+        wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume);
+        ws.m_gargs[std::size_t(j)] = gargs;
+      }
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (l == 0) {
         args.site_begin = in_sites.begin, args.site_end = in_sites.end;  // gx: Field's layout
         out.out = gx.data();
       } else {
         args.out_site = site_stride(cin, stride);
-        args.out_pos = m_ring.out_pos[std::size_t(j)].data();
+        args.out_pos = rp.out_pos[std::size_t(j)].data();
         out.out = ring;
         if (m_config.activation != Activation::none) {
           out.mode = detail::ConvEpilogue::derivative;
@@ -513,12 +544,16 @@ class ConvStack {
           out.z = keeps_z() ? ws.m_z[std::size_t(l - 1)].data() : out.h;
         }
         in = ring;
-        ring += std::size_t(m_ring.slots[std::size_t(j)]) * std::size_t(args.out_site);
+        in_pos = args.out_pos;
+        ring += std::size_t(rp.slots[std::size_t(j)]) * std::size_t(args.out_site);
       }
       ws.m_args[std::size_t(j)] = args;
       ws.m_outs[std::size_t(j)] = out;
     }
-    detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_wave.runs);
+    if (grads.empty())
+      detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_wave.runs);
+    else
+      detail::conv_backward_wavefront<T>(ws.m_args, ws.m_outs, ws.m_gargs, m_wave, m_back);
   }
 
   void require_size(std::size_t got, const char* where, const char* name) const {
@@ -561,6 +596,7 @@ class ConvStack {
     ws.m_g_size = max_g;
     ws.m_wt.resize(std::max(std::size_t(max_w), packed_offset(num_layers())));
     ws.m_args.resize(std::size_t(num_layers()));
+    ws.m_gargs.resize(std::size_t(num_layers()));
     ws.m_outs.resize(std::size_t(num_layers()));
     ws.m_wscratch_size = max_scratch;
   }
@@ -649,7 +685,7 @@ class ConvStack {
   std::size_t m_num_params = 0;
   std::vector<index_t> m_taps;       // [t][storage position]: storage position of site + delta_t
   detail::WaveSchedule m_wave;       // the wavefront schedule (two or more convolutions)
-  detail::ConvRingPlan m_ring;       // the input adjoint's ring buffers in that schedule
+  detail::ConvBackwardPlan m_back;   // the backward pass in that schedule: ring buffers, weight-gradient tiles
 };
 
 }  // namespace normflow
