@@ -41,6 +41,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <type_traits>
@@ -63,6 +66,15 @@ namespace normflow {
 
 template <LatticeShape Lat, class T = float, SiteOrder Order = default_order_t<Lat>>
 class ConvStack;
+
+namespace detail {
+/// What a ConvStack's convolutions need of the lattice (see ConvStack::geometry).
+struct ConvGeometry {
+  std::vector<index_t> taps;  ///< [t][storage position]: storage position of site + delta_t
+  WaveSchedule wave;          ///< the wavefront schedule (two or more convolutions)
+  ConvBackwardPlan back;      ///< the backward pass in that schedule: ring buffers, weight-gradient tiles
+};
+}  // namespace detail
 
 /// A block [begin, end) of storage positions (end = -1: to the end of the lattice). Couplings use
 /// it to compute only the sites they read: with even/odd storage a parity is one block.
@@ -170,7 +182,8 @@ class ConvStack {
   static constexpr index_t rank = Lat::rank;
 
   /// Validates the configuration (ParameterError naming the parameter and its valid range) and
-  /// builds the tap table: num_taps() x volume storage positions.
+  /// takes the lattice's tap table (num_taps() x volume storage positions) and wavefront plans,
+  /// shared by every ConvStack of this type with the same kernel size and depth (see geometry).
   explicit ConvStack(ConvNetConfig config) : m_config(std::move(config)) {
     m_taps_count = validate();
     const ConvNetConfig& c = m_config;
@@ -185,11 +198,7 @@ class ConvStack {
       if (c.bias) n += std::size_t(out_channels(l));
     }
     m_num_params = n;
-    build_taps();
-    if (num_layers() >= 2) {
-      m_wave = detail::conv_wavefront_schedule(m_taps.data(), m_taps_count, volume, num_layers(), wave_block);
-      m_back = detail::conv_backward_plan(m_wave, m_taps.data(), m_taps_count, volume, num_layers());
-    }
+    m_geo = geometry(c.kernel_size, m_taps_count, num_layers());
   }
 
   const ConvNetConfig& config() const noexcept { return m_config; }
@@ -209,18 +218,10 @@ class ConvStack {
     return weight_offset(l) + std::size_t(out_channels(l)) * std::size_t(in_channels(l)) * std::size_t(m_taps_count);
   }
   /// The offset of tap t along each direction, in [-r, r] (r = kernel_size / 2).
-  typename Lat::coord_type tap_offset(index_t t) const noexcept {
-    typename Lat::coord_type delta{};
-    const index_t k = m_config.kernel_size, r = k / 2;
-    for (index_t d = rank - 1; d >= 0; --d) {
-      delta[std::size_t(d)] = t % k - r;
-      t /= k;
-    }
-    return delta;
-  }
+  typename Lat::coord_type tap_offset(index_t t) const noexcept { return tap_offset(t, m_config.kernel_size); }
   /// Storage position of site(s) + delta_t, s a storage position.
   index_t tap_neighbor(index_t t, index_t s) const noexcept {
-    return m_taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)];
+    return m_geo->taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)];
   }
 
   /// Fills params (num_params() values). uniform: entry j of layer l's block (weights, then
@@ -300,7 +301,7 @@ class ConvStack {
       ws.m_outs[std::size_t(l)] = out;
     }
     if (use_wavefront(ws, exec)) {
-      detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_wave.runs);
+      detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_geo->wave.runs);
     } else {
       for (index_t l = 0; l < num_layers(); ++l)
         detail::conv_forward(exec, ws.m_args[std::size_t(l)], ws.m_outs[std::size_t(l)]);
@@ -312,13 +313,13 @@ class ConvStack {
   template <class Exec>
   bool use_wavefront(const Workspace& ws, Exec) const noexcept {
     const bool one_thread = std::is_same_v<Exec, exec::Serial> || exec::max_threads() == 1;
-    if (!one_thread || m_wave.runs.empty() || ws.schedule == ConvSchedule::layer_by_layer) return false;
+    if (!one_thread || m_geo->wave.runs.empty() || ws.schedule == ConvSchedule::layer_by_layer) return false;
     if (ws.schedule == ConvSchedule::wavefront) return true;
     std::size_t largest = 0, window = 0;
     for (index_t l = 0; l + 1 < num_layers(); ++l) {
       const std::size_t site = std::size_t(site_stride(out_channels(l), ws.m_stride)) * sizeof(T);
       largest = std::max(largest, std::size_t(volume) * site);
-      window += std::size_t(m_wave.lag[std::size_t(l)]) * site;
+      window += std::size_t(m_geo->wave.lag[std::size_t(l)]) * site;
     }
     return largest > conv_wavefront_min_bytes && window <= conv_wavefront_max_window_bytes;
   }
@@ -370,7 +371,7 @@ class ConvStack {
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs{g,
                                       in,
-                                      m_taps.data(),
+                                      m_geo->taps.data(),
                                       cin,
                                       cout,
                                       m_taps_count,
@@ -394,7 +395,7 @@ class ConvStack {
       const detail::ConvKernelArgs<T> args{g,
                                            wt,
                                            nullptr,
-                                           m_taps.data(),
+                                           m_geo->taps.data(),
                                            cout,
                                            cin,
                                            m_taps_count,
@@ -465,24 +466,51 @@ class ConvStack {
     return index_t(taps);
   }
 
-  void build_taps() {
-    m_taps.resize(std::size_t(m_taps_count) * std::size_t(volume));
-    for (index_t t = 0; t < m_taps_count; ++t) {
-      const typename Lat::coord_type delta = tap_offset(t);
+  static typename Lat::coord_type tap_offset(index_t t, index_t k) noexcept {
+    typename Lat::coord_type delta{};
+    const index_t r = k / 2;
+    for (index_t d = rank - 1; d >= 0; --d) {
+      delta[std::size_t(d)] = t % k - r;
+      t /= k;
+    }
+    return delta;
+  }
+
+  /// The tap table and wavefront plans of this lattice and site order for a kernel size (ntaps =
+  /// kernel_size^rank taps) and a depth. They depend on nothing else, so every ConvStack of this
+  /// type with the same two shares one immutable copy (the 16 conditioners of a flow hold one: on a
+  /// 32^3 lattice with kernel 3 and two hidden layers it is about 11 MB), released with the last of
+  /// them. Thread-safe.
+  static std::shared_ptr<const detail::ConvGeometry> geometry(index_t kernel_size, index_t ntaps, index_t layers) {
+    static std::mutex mutex;
+    static std::map<std::pair<index_t, index_t>, std::weak_ptr<const detail::ConvGeometry>> cache;
+    const std::lock_guard<std::mutex> lock(mutex);
+    std::weak_ptr<const detail::ConvGeometry>& slot = cache[{kernel_size, layers}];
+    if (std::shared_ptr<const detail::ConvGeometry> g = slot.lock()) return g;
+    auto g = std::make_shared<detail::ConvGeometry>();
+    g->taps.resize(std::size_t(ntaps) * std::size_t(volume));
+    for (index_t t = 0; t < ntaps; ++t) {
+      const typename Lat::coord_type delta = tap_offset(t, kernel_size);
       for (index_t site = 0; site < volume; ++site) {
         index_t n = site;
         for (index_t d = 0; d < rank; ++d) n = Lat::shift(n, d, delta[std::size_t(d)]);
-        m_taps[std::size_t(t) * std::size_t(volume) + std::size_t(Order::template storage_index<Lat>(site))] =
+        g->taps[std::size_t(t) * std::size_t(volume) + std::size_t(Order::template storage_index<Lat>(site))] =
             Order::template storage_index<Lat>(n);
       }
     }
+    if (layers >= 2) {
+      g->wave = detail::conv_wavefront_schedule(g->taps.data(), ntaps, volume, layers, wave_block);
+      g->back = detail::conv_backward_plan(g->wave, g->taps.data(), ntaps, volume, layers);
+    }
+    slot = g;
+    return g;
   }
 
   /// The backward pass as a wavefront: the convolutions of backward's layer loop, layer L - 1
-  /// first, interleaved by m_wave, each cotangent but the last in a ring buffer that holds only the
-  /// sites still to be read (m_back.ring), so that it is written and read in L2 (on 32x32 x 128
+  /// first, interleaved by the wavefront schedule, each cotangent but the last in a ring buffer that
+  /// holds only the sites still to be read (geometry().back.ring), so that it is written and read in L2 (on 32x32 x 128
   /// float each full cotangent is 4.3 MB: written to L3 and read back); with grads, each layer's
-  /// weight gradient tile by tile as its cotangent's sites are done (m_back; no bias: a bias
+  /// weight gradient tile by tile as its cotangent's sites are done (geometry().back; no bias: a bias
   /// gradient sums the sites in storage order). g: the cotangent of y, as backward lays it out.
   /// Bitwise the layer-by-layer results. Measured (ConvStack 1 -> 8 -> 8 -> 2, batch 128, one
   /// thread, a coupling's site ranges), input adjoint alone: 32x32 float 1.66-1.71 -> 1.59-1.60 ms,
@@ -491,7 +519,7 @@ class ConvStack {
   void backward_wavefront(std::span<const T> params, Workspace& ws, const T* g, Field<Lat, T, SiteIn, Order>& gx,
                           std::span<T> grads, SiteRange in_sites) const {
     const index_t L = num_layers(), stride = ws.m_stride;
-    const detail::ConvRingPlan& rp = m_back.ring;
+    const detail::ConvRingPlan& rp = m_geo->back.ring;
     std::size_t ring_total = 0, wgrad_total = 0;
     for (index_t j = 0; j < L; ++j) {
       const index_t l = L - 1 - j;
@@ -506,13 +534,13 @@ class ConvStack {
       const index_t l = L - 1 - j, cin = in_channels(l), cout = out_channels(l);
       T* packed = ws.m_wt.data() + packed_offset(l);
       detail::pack_conv_weights(params.data() + weight_offset(l), packed, cout, cin, m_taps_count, true);
-      detail::ConvKernelArgs<T> args{in, packed, nullptr, j == 0 ? m_taps.data() : rp.taps[std::size_t(j)].data(),
+      detail::ConvKernelArgs<T> args{in, packed, nullptr, j == 0 ? m_geo->taps.data() : rp.taps[std::size_t(j)].data(),
                                      cout, cin, m_taps_count, volume, stride};
       args.in_site = site_stride(cout, stride);
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs{in,
                                       l == 0 ? ws.m_x.data() : layer_output(ws, l - 1),
-                                      m_taps.data(),
+                                      m_geo->taps.data(),
                                       cin,
                                       cout,
                                       m_taps_count,
@@ -551,9 +579,9 @@ class ConvStack {
       ws.m_outs[std::size_t(j)] = out;
     }
     if (grads.empty())
-      detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_wave.runs);
+      detail::conv_forward_wavefront<T>(ws.m_args, ws.m_outs, m_geo->wave.runs);
     else
-      detail::conv_backward_wavefront<T>(ws.m_args, ws.m_outs, ws.m_gargs, m_wave, m_back);
+      detail::conv_backward_wavefront<T>(ws.m_args, ws.m_outs, ws.m_gargs, m_geo->wave, m_geo->back);
   }
 
   void require_size(std::size_t got, const char* where, const char* name) const {
@@ -633,7 +661,7 @@ class ConvStack {
     return {in,
             packed,
             m_config.bias ? params.data() + bias_offset(l) : nullptr,
-            m_taps.data(),
+            m_geo->taps.data(),
             in_channels(l),
             out_channels(l),
             m_taps_count,
@@ -683,9 +711,7 @@ class ConvStack {
   std::vector<index_t> m_channels;   // in, hidden..., out
   std::vector<std::size_t> m_weight_offset;
   std::size_t m_num_params = 0;
-  std::vector<index_t> m_taps;       // [t][storage position]: storage position of site + delta_t
-  detail::WaveSchedule m_wave;       // the wavefront schedule (two or more convolutions)
-  detail::ConvBackwardPlan m_back;   // the backward pass in that schedule: ring buffers, weight-gradient tiles
+  std::shared_ptr<const detail::ConvGeometry> m_geo;  // tap table and wavefront plans (see geometry)
 };
 
 }  // namespace normflow
