@@ -233,18 +233,20 @@ TEST_CASE_TEMPLATE("ConvStack: the wavefront forward pass gives the layer-by-lay
 
 TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread for large activations only") {
   const ConvNetConfig cfg{.in_channels = 1, .hidden = {8, 8}, .out_channels = 2, .kernel_size = 3, .bias = false};
-  auto chooses = [&]<class Lat, class T>(Lat, T, int threads) {
+  auto chooses = [&]<class Lat, class T>(Lat, T, int threads, index_t batch = 128) {
     const ConvStack<Lat, T> net(cfg);
     std::vector<T> params(net.num_params());
     net.init_params(params, 1);
-    Field<Lat, T, Scalar> x(128);
-    Field<Lat, T, Channels<2>> y(128);
+    Field<Lat, T, Scalar> x(batch);
+    Field<Lat, T, Channels<2>> y(batch);
     typename ConvStack<Lat, T>::Workspace ws;
     test::ThreadCount guard(threads);
     net.forward(params, x, y, ws, exec::OpenMP{});
     return net.use_wavefront(ws, exec::OpenMP{});
   };
   CHECK_FALSE(chooses(Lattice<8, 8>{}, float{}, 1));     // 0.27 MB per activation: fits in L2
+  CHECK_FALSE(chooses(Lattice<8, 8>{}, float{}, 1, 1024));  // 2.1 MB, but the layers keep half the lattice live
+  CHECK(chooses(Lattice<16, 16>{}, float{}, 1));         // 1.06 MB per activation
   CHECK(chooses(Lattice<32, 32>{}, float{}, 1));         // 4.3 MB per activation, 0.8 MB window
   CHECK(chooses(Lattice<32, 32>{}, double{}, 1));        // 1.6 MB window
   CHECK_FALSE(chooses(Lattice<128, 128>{}, float{}, 1)); // the window (3.2 MB) leaves L2

@@ -105,8 +105,11 @@ enum class ConvInit {
 /// always runs layer by layer: the bias gradient sums the sites in storage order.)
 enum class ConvSchedule {
   /// wavefront where it pays: one thread, two or more convolutions, a hidden activation of more
-  /// than conv_wavefront_min_bytes (on 8x8 x 128 float the whole pass fits in L2 anyway), and a
-  /// wavefront window of at most conv_wavefront_max_window_bytes (else it does not stay in L2)
+  /// than conv_wavefront_min_bytes (on 8x8 x 128 float the whole pass fits in L2 anyway), a
+  /// wavefront window of at most conv_wavefront_max_window_bytes (else it does not stay in L2),
+  /// and a lattice at least four times the sites the layers keep live in all (the sum of
+  /// detail::WaveSchedule::lag: 64 of 256 on 16x16, 145 of 1024 on 32x32, but 32 of 64 on 8x8,
+  /// where at batch 1024 the wavefront measured a 7% slower step: 69-72 -> 75-78 ms)
   automatic,
   /// each convolution over the whole lattice, then the next
   layer_by_layer,
@@ -315,13 +318,15 @@ class ConvStack {
     const bool one_thread = std::is_same_v<Exec, exec::Serial> || exec::max_threads() == 1;
     if (!one_thread || m_geo->wave.runs.empty() || ws.schedule == ConvSchedule::layer_by_layer) return false;
     if (ws.schedule == ConvSchedule::wavefront) return true;
-    std::size_t largest = 0, window = 0;
+    std::size_t largest = 0, window = 0, lag = 0;
     for (index_t l = 0; l + 1 < num_layers(); ++l) {
       const std::size_t site = std::size_t(site_stride(out_channels(l), ws.m_stride)) * sizeof(T);
       largest = std::max(largest, std::size_t(volume) * site);
       window += std::size_t(m_geo->wave.lag[std::size_t(l)]) * site;
+      lag += std::size_t(m_geo->wave.lag[std::size_t(l)]);
     }
-    return largest > conv_wavefront_min_bytes && window <= conv_wavefront_max_window_bytes;
+    return largest > conv_wavefront_min_bytes && window <= conv_wavefront_max_window_bytes &&
+           4 * lag <= std::size_t(volume);
   }
 
   /// Vector-Jacobian product of the forward pass stored in ws (run with the same params):
