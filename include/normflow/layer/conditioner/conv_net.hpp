@@ -374,21 +374,7 @@ class ConvStack {
       const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
       std::optional<detail::ConvGradArgs<T>> wgrad;  // this layer's weight gradient, if formed
       if (!grads.empty()) {
-        detail::ConvGradArgs<T> gargs{g,
-                                      in,
-                                      m_geo->taps.data(),
-                                      cin,
-                                      cout,
-                                      m_taps_count,
-                                      volume,
-                                      stride,
-                                      grads.data() + weight_offset(l),
-                                      m_config.bias ? grads.data() + bias_offset(l) : nullptr,
-                                      0,
-                                      -1,
-                                      site_stride(cout, stride),
-                                      site_stride(cin, stride),
-                                      wscratch};
+        detail::ConvGradArgs<T> gargs = grad_args(l, g, in, grads, stride, wscratch, m_config.bias);
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         wgrad = gargs;
       }
@@ -543,21 +529,8 @@ class ConvStack {
                                      cout, cin, m_taps_count, volume, stride};
       args.in_site = site_stride(cout, stride);
       if (!grads.empty()) {
-        detail::ConvGradArgs<T> gargs{in,
-                                      l == 0 ? ws.m_x.data() : layer_output(ws, l - 1),
-                                      m_geo->taps.data(),
-                                      cin,
-                                      cout,
-                                      m_taps_count,
-                                      volume,
-                                      stride,
-                                      grads.data() + weight_offset(l),
-                                      nullptr,
-                                      0,
-                                      -1,
-                                      site_stride(cout, stride),
-                                      site_stride(cin, stride),
-                                      wscratch};
+        detail::ConvGradArgs<T> gargs =
+            grad_args(l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
         gargs.gz_pos = in_pos;
         if (j == 0) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume);
@@ -659,6 +632,29 @@ class ConvStack {
         }
       }
     });
+  }
+
+  /// The weight gradient (and with_bias the bias gradient) of convolution l into grads, from the
+  /// cotangent gz of its output and its input `in` (ConvStack's layouts), over every site; the
+  /// partial sums in scratch.
+  detail::ConvGradArgs<T> grad_args(index_t l, const T* gz, const T* in, std::span<T> grads, index_t stride,
+                                    T* scratch, bool with_bias) const {
+    const index_t cin = in_channels(l), cout = out_channels(l);
+    return {gz,
+            in,
+            m_geo->taps.data(),
+            cin,
+            cout,
+            m_taps_count,
+            volume,
+            stride,
+            grads.data() + weight_offset(l),
+            with_bias ? grads.data() + bias_offset(l) : nullptr,
+            0,
+            -1,
+            site_stride(cout, stride),
+            site_stride(cin, stride),
+            scratch};
   }
 
   detail::ConvKernelArgs<T> layer_args(std::span<const T> params, const T* packed, index_t l, const T* in,
