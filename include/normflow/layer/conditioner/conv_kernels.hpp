@@ -1030,13 +1030,13 @@ void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<con
   const ConvGradArgs<T>& g0 = g[0];
   const index_t g0_end = g0.site_end < 0 ? g0.volume : g0.site_end;
   const WgradPlan p0(g0.cin, g0.cout, g0.ntaps, g0.site_begin, g0_end, g0.volume);
-  index_t ch0 = 0, t0 = 0;  // next tile of layer 0: chunk ch0, from site t0 (-1: the chunk's start)
+  index_t ch0 = 0, t0 = 0;  // next tile of layer 0: chunk ch0, from site t0 (or the chunk's start)
   const index_t nch0 = g0_end > g0.site_begin ? p0.nchunks : 0;
   auto layer0_tiles = [&](index_t run) {  // the tiles adjoint layer 0 has passed by `run` (all: run < 0)
     for (; ch0 < nch0; ++ch0, t0 = -1) {
       index_t c0, c1;
       p0.chunk(ch0, c0, c1);
-      if (t0 < 0 || t0 < c0) t0 = c0;
+      t0 = std::max(t0, c0);
       for (; t0 < c1; t0 += wgrad_tile_sites) {
         const index_t t1 = std::min(c1, t0 + wgrad_tile_sites);
         if (run >= 0)

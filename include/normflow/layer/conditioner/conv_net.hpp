@@ -157,8 +157,8 @@ class ConvWorkspace {
   std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z (see keeps_z) and h = f(z)
   std::size_t m_g_size = 0;         // backward: elements of each cotangent buffer (thread scratch)
   std::size_t m_wscratch_size = 0;  // backward: elements of conv_param_grad's partials (thread scratch)
-  buffer m_wt;                      // forward: every layer's weights packed for the kernel
-                                    // (pack_conv_weights, layer l at packed_offset(l)); backward: one layer's
+  buffer m_wt;                      // every layer's weights packed for the kernel (pack_conv_weights, layer
+                                    // l at packed_offset(l)); the layer-by-layer backward: one layer's at 0
   std::vector<detail::ConvKernelArgs<T>> m_args;  // each convolution's arguments (wavefront passes)
   std::vector<detail::ConvOutput<T>> m_outs;      // each convolution's output (wavefront passes)
   std::vector<detail::ConvGradArgs<T>> m_gargs;   // each weight gradient (wavefront backward)
