@@ -315,6 +315,19 @@ NORMFLOW_ALWAYS_INLINE void with_channels(index_t cin, F&& f) {
   }
 }
 
+/// The order of conv_forward's work items over the whole lattice: item k is storage position
+/// conv_item_site(k, volume). With an even volume the items alternate between the two halves of
+/// the storage range (site k / 2 of the first half, then of the second), else k itself.
+inline index_t conv_item_site(index_t k, index_t volume) noexcept {
+  return volume % 2 == 0 ? (k % 2) * (volume / 2) + k / 2 : k;
+}
+/// The inverse of conv_item_site: the item of storage position s.
+inline index_t conv_site_item(index_t s, index_t volume) noexcept {
+  if (volume % 2 != 0) return s;
+  const index_t half = volume / 2;
+  return s < half ? 2 * s : 2 * (s - half) + 1;
+}
+
 /// The convolution a followed by the epilogue e, over every site and lane. Work items are
 /// (site, chunk of conv_chunk_packs packs); items write disjoint outputs.
 template <class T, class Exec>
@@ -333,28 +346,14 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   // storage range (site k / 2 of the first half, then of the second), so a block of consecutive
   // items covers the same rows of both parities. (Any order gives the same bits: items write
   // disjoint outputs.)
-  const bool alternate = s0 == 0 && s1 == a.volume && a.volume % 2 == 0;
-  const index_t half = a.volume / 2;
+  const bool whole = s0 == 0 && s1 == a.volume;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
     exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
       const index_t k = index_t(item / chunks), c = index_t(item % chunks);
-      const index_t s = alternate ? (k % 2) * half + k / 2 : s0 + k;
+      const index_t s = whole ? conv_item_site(k, a.volume) : s0 + k;
       conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
     });
   });
-}
-
-/// The order of conv_forward's work items over the whole lattice: item k is storage position
-/// conv_item_site(k, volume). With an even volume the items alternate between the two halves of
-/// the storage range (site k / 2 of the first half, then of the second), else k itself.
-inline index_t conv_item_site(index_t k, index_t volume) noexcept {
-  return volume % 2 == 0 ? (k % 2) * (volume / 2) + k / 2 : k;
-}
-/// The inverse of conv_item_site: the item of storage position s.
-inline index_t conv_site_item(index_t s, index_t volume) noexcept {
-  if (volume % 2 != 0) return s;
-  const index_t half = volume / 2;
-  return s < half ? 2 * s : 2 * (s - half) + 1;
 }
 
 /// One step of a wavefront schedule: convolution `layer` computes the items [k0, k1) (see

@@ -617,9 +617,8 @@ class ConvStack {
     // range when the volume is even), so each thread writes the rows its convolution items read
     // (a plain split would give one thread all of one parity: measured as no speedup of this copy
     // on two threads, 16x16 x 128)
-    constexpr bool alternate = volume % 2 == 0;
     exec::parallel_for(exec, volume, [=](offset_t k) {
-      const offset_t s = alternate ? (k % 2) * (volume / 2) + k / 2 : k;
+      const offset_t s = detail::conv_item_site(index_t(k), volume);
       const bool zeroed = s >= z0 && s < z1;
       for (index_t k = 0; k < c; ++k) {
         const T* from = src + s * src_site + offset_t(k) * stride;
