@@ -505,15 +505,20 @@ struct ConvRingPlan {
   std::vector<std::vector<index_t>> out_pos;
   std::vector<std::vector<index_t>> taps;
 };
+/// run_of[l][k]: the index in w.runs of the run in which layer l computes item k.
+inline std::vector<std::vector<index_t>> wave_run_of(const WaveSchedule& w, index_t volume, index_t layers) {
+  std::vector<std::vector<index_t>> run_of(std::size_t(layers), std::vector<index_t>(std::size_t(volume), -1));
+  for (std::size_t r = 0; r < w.runs.size(); ++r)
+    for (index_t k = w.runs[r].k0; k < w.runs[r].k1; ++k) run_of[std::size_t(w.runs[r].layer)][std::size_t(k)] = index_t(r);
+  return run_of;
+}
 /// extra (optional): extra[l][k], a run after which item k of layer l is read too (-1: none).
 inline ConvRingPlan conv_ring_plan(const WaveSchedule& w, const index_t* taps, index_t ntaps, index_t volume,
                                    index_t layers, const std::vector<std::vector<index_t>>* extra = nullptr) {
   ConvRingPlan plan;
   if (layers < 2) return plan;
   const std::size_t V = std::size_t(volume), L = std::size_t(layers), nruns = w.runs.size();
-  std::vector<std::vector<index_t>> run_of(L, std::vector<index_t>(V, -1));
-  for (std::size_t r = 0; r < nruns; ++r)
-    for (index_t k = w.runs[r].k0; k < w.runs[r].k1; ++k) run_of[std::size_t(w.runs[r].layer)][std::size_t(k)] = index_t(r);
+  const std::vector<std::vector<index_t>> run_of = wave_run_of(w, volume, layers);
   // frees[r]: the items (layer l, item p) whose last reader is run r
   std::vector<std::vector<std::pair<index_t, index_t>>> frees(nruns);
   for (std::size_t l = 0; l + 1 < L; ++l) {
@@ -979,9 +984,7 @@ inline ConvBackwardPlan conv_backward_plan(const WaveSchedule& w, const index_t*
   ConvBackwardPlan plan;
   if (layers < 2) return plan;
   const std::size_t V = std::size_t(volume), L = std::size_t(layers), nruns = w.runs.size();
-  std::vector<std::vector<index_t>> run_of(L, std::vector<index_t>(V, -1));
-  for (std::size_t r = 0; r < nruns; ++r)
-    for (index_t k = w.runs[r].k0; k < w.runs[r].k1; ++k) run_of[std::size_t(w.runs[r].layer)][std::size_t(k)] = index_t(r);
+  const std::vector<std::vector<index_t>> run_of = wave_run_of(w, volume, layers);
   plan.run_of0 = run_of[0];
   std::vector<std::vector<index_t>> extra(L, std::vector<index_t>(V, -1));
   std::vector<std::pair<index_t, WgradTiles>> placed;
