@@ -123,6 +123,55 @@ TEST_CASE("Training is bitwise reproducible with 1 and 2 threads") {
   CHECK(a.second == b.second);
 }
 
+TEST_CASE("Chunked steps: the same bits with 1, 2, 3 and 8 threads, the gradient of one chunk within rounding") {
+  // batch 100 in chunks of 32: 32, 32, 32, 4 samples. 2 and 3 threads take whole chunks each, 8
+  // threads (more than the chunks) run them one after another with every thread on each.
+  using Lat = Lattice<4, 4>;
+  using Net = Flow<Repeat<2, AffineCoupling_<ConvNet<Hidden<4>>>>, Lat, double>;
+  auto gradient = [](int threads, long long chunk, long long batch) {
+    test::ThreadCount tc(threads);
+    NormalPrior<Lat, double> prior(0, 1, 5);
+    ScalarPhi4Action action{.kappa = 0.5, .m_sq = -1.0, .lambd = 0.5};
+    Net net_(2);
+    Model model{prior, net_, action};
+    using Tr = Trainer<decltype(model)>;
+    Tr::Buffers buf{static_cast<index_t>(batch)};
+    TrainConfig c{.batch_size = batch};
+    c.chunk_size = chunk;
+    std::vector<double> out;
+    for (bool path : {true, false}) {
+      c.path_gradient = path;
+      const auto r = model.trainer.step(c, path ? 1.0 : 0.7, buf, path);  // the same x for both
+      out.insert(out.end(), model.net_.grads().begin(), model.net_.grads().end());
+      out.push_back(r.loss);
+    }
+    return out;
+  };
+  const std::vector<double> one = gradient(1, 32, 100);
+  for (int threads : {2, 3, 8}) {
+    CAPTURE(threads);
+    CHECK(gradient(threads, 32, 100) == one);
+  }
+  // one chunk of the whole batch: the same gradient up to the order of the sum over samples
+  const std::vector<double> whole = gradient(2, 100, 100);
+  REQUIRE(whole.size() == one.size());
+  double norm = 0, diff = 0;
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    norm = std::max(norm, std::abs(whole[i]));
+    diff = std::max(diff, std::abs(whole[i] - one[i]));
+  }
+  CAPTURE(norm);
+  CAPTURE(diff);
+  CHECK(norm > 1e-3);
+  CHECK(diff <= 1e-12 * norm);
+  CHECK(diff > 0);  // a different order of the sum: not the same bits (the chunks ran)
+  NormalPrior<Lat, double> prior(0, 1, 5);
+  Model model{prior, Net(2), ScalarPhi4Action{}};
+  TrainConfig bad{.n_epochs = 1, .batch_size = 8, .progress = Progress::never};
+  bad.chunk_size = 0;
+  CHECK_THROWS_WITH_AS(model.trainer.run_training(bad), doctest::Contains("chunk_size = 0"), ParameterError);
+}
+
 TEST_CASE("A NaN loss stops training with an exception naming the epoch: bad options are rejected") {
   NormalPrior<Lattice<1>> prior(0, 1, 1);
   ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};

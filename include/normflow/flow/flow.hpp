@@ -321,6 +321,16 @@ class Parametrized {
   void backward(tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx, Exec exec = {}) {
     m_layer.backward(params(), tape, gy, gl, gx, grads(), exec);
   }
+  /// Adjoint of forward; adds the parameter gradient into gp (num_params() values) instead of
+  /// grads(): a training step's chunks of the batch each into their own (Trainer::step).
+  template <exec::Policy Exec = exec::HostDefault>
+  void backward_into(tape_type& tape, const field_type& gy, std::span<const T> gl, field_type& gx, std::span<T> gp,
+                     Exec exec = {}) const {
+    if (gp.size() != num_params())
+      throw ShapeError(detail::concat("backward_into: gp has ", gp.size(), " entries, the flow has ", num_params(),
+                                      " parameters"));
+    m_layer.backward(params(), tape, gy, gl, gx, gp, exec);
+  }
   /// Adjoint of reverse; adds the parameter gradient into grads() if `param_grads`.
   template <exec::Policy Exec = exec::HostDefault>
   void reverse_backward(tape_type& tape, const field_type& gx, std::span<const T> gl, field_type& gy,
