@@ -31,6 +31,7 @@ struct Options {
   double kappa = 0.67, m_sq = -2.68, lambd = 0.5;
   long long epochs = 1000;
   long long batch = 128;
+  long long chunk = 64;
   double lr = 0.01;
   std::string scheduler = "cosine";
   std::uint64_t seed = 1;
@@ -62,6 +63,8 @@ const char* usage =
     "training:\n"
     "  --epochs N           optimiser steps (default 1000)\n"
     "  --batch N            samples per step (default 128)\n"
+    "  --chunk N            samples per chunk of a step (default 64): threads take whole chunks;\n"
+    "                       results depend on it, not on the thread count\n"
     "  --lr X               AdamW learning rate (default 0.01)\n"
     "  --scheduler S        cosine (default) or none\n"
     "  --estimator E        path (default: path gradient) or total\n"
@@ -146,6 +149,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--activation") o.activation = one_of(a, v, {"tanh", "leaky_relu", "silu", "none"});
     else if (a == "--epochs") o.epochs = parse_int(a, v, 0, 100'000'000);
     else if (a == "--batch") o.batch = parse_int(a, v, 2, 1 << 20);
+    else if (a == "--chunk") o.chunk = parse_int(a, v, 1, 1 << 20);
     else if (a == "--lr") {
       o.lr = parse_double(a, v);
       if (!(o.lr > 0)) fail("--lr must be > 0, got '" + v + "'");
@@ -214,14 +218,16 @@ int run(const Options& o) {
   std::printf("normflow %s: phi^4 on %s (kappa %g, m_sq %g, lambd %g); %lld %s couplings, %zu parameters\n",
               version_string, o.lattice.c_str(), o.kappa, o.m_sq, o.lambd, o.layers, o.arch.c_str(),
               model.net_.num_params());
-  std::printf("training: %lld epochs, batch %lld, lr %g (%s), %s gradient, seed %llu, %d threads, %s\n", o.epochs,
-              o.batch, o.lr, o.scheduler.c_str(), o.estimator.c_str(), (unsigned long long)o.seed, exec::max_threads(),
+  std::printf("training: %lld epochs, batch %lld (chunks of %lld), lr %g (%s), %s gradient, seed %llu, %d threads, %s\n",
+              o.epochs, o.batch, std::min(o.chunk, o.batch), o.lr, o.scheduler.c_str(), o.estimator.c_str(),
+              (unsigned long long)o.seed, exec::max_threads(),
               simd::arch_name());
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
   TrainConfig tc{.n_epochs = o.epochs, .batch_size = o.batch, .lr = o.lr};
   tc.scheduler = o.scheduler == "cosine" ? Scheduler::cosine : Scheduler::none;
   tc.path_gradient = o.estimator == "path";
+  tc.chunk_size = o.chunk;
   tc.csv_path = csv;
   tc.checkpoint_path = ckpt;
   tc.checkpoint_every = o.checkpoint_every;

@@ -24,6 +24,15 @@
 ///     while the total gradient reaches 1.0000).
 /// Then optional clipping of the total gradient norm, an AdamW step, the scheduler step.
 /// A non-finite loss stops training with TrainingError naming the epoch, before any update.
+///
+/// Chunks: everything before the loss and everything after it is per sample but the sum of the
+/// parameter gradient over samples, so the step runs them on chunks of TrainConfig::chunk_size
+/// samples (the last one shorter), each with its own fields and tape, and adds the chunks'
+/// gradients in chunk order. With at least as many chunks as threads each thread takes whole
+/// chunks and runs the flow on one thread inside (data parallel: the threads meet twice per step,
+/// at the loss and at the end, instead of at every kernel, and share no activations); with fewer,
+/// the chunks run one after another with all threads inside. The loss, its derivatives and the
+/// metrics see the whole batch. Results depend on chunk_size, never on the thread count.
 
 #include <chrono>
 #include <cmath>
