@@ -244,7 +244,9 @@ class Trainer {
     const index_t nchunks = B > 0 ? (B + chunk - 1) / chunk : 1;
     if (nchunks > 1) lay_out_chunks(buf, chunk, nchunks);
     if (nchunks == 1) {
-      forward_part(buf.x, buf.y, buf.g, buf.gx, buf.force, buf.tape, 0, B, buf, path, alpha, exec::HostDefault{});
+      with_host_exec([&](auto exec) {
+        forward_part(buf.x, buf.y, buf.g, buf.gx, buf.force, buf.tape, 0, B, buf, path, alpha, exec);
+      });
     } else {
       for_each_chunk(buf, [&](Chunk& ch, auto exec) {
         copy_lanes(buf.x, ch.b0, ch.x, 0, ch.nb);
@@ -265,7 +267,9 @@ class Trainer {
     for (index_t b = 0; b < B; ++b) buf.gl[std::size_t(b)] = path ? T(0) : T(-buf.dq[std::size_t(b)]);
     net.zero_grads();
     if (nchunks == 1) {
-      backward_part(buf.gy, buf.g, buf.force, buf.tape, buf.gx, 0, B, buf, path, net.grads(), exec::HostDefault{});
+      with_host_exec([&](auto exec) {
+        backward_part(buf.gy, buf.g, buf.force, buf.tape, buf.gx, 0, B, buf, path, net.grads(), exec);
+      });
     } else {
       for_each_chunk(buf, [&](Chunk& ch, auto exec) {
         std::fill(ch.grads.begin(), ch.grads.end(), T(0));
@@ -380,6 +384,16 @@ class Trainer {
       buf.chunks.emplace_back(k * chunk, std::min(chunk, B - k * chunk), m_model.net_.num_params());
   }
 
+  /// f(exec::Serial{}) on one thread (no parallel regions of one thread: about 900 per 8x8 step),
+  /// else f(exec::HostDefault{}). The same results either way.
+  template <class F>
+  static void with_host_exec(F&& f) {
+    if (exec::max_threads() <= 1)
+      f(exec::Serial{});
+    else
+      f(exec::HostDefault{});
+  }
+
   /// f(chunk, exec) for every chunk: whole chunks per thread (exec::Serial inside) when there are
   /// at least as many chunks as threads, else one after another on all threads. The first
   /// exception a chunk throws is rethrown after the loop.
@@ -388,7 +402,9 @@ class Trainer {
     const index_t n = index_t(buf.chunks.size());
     const int threads = exec::max_threads();
     if (threads <= 1 || n < threads) {
-      for (Chunk& ch : buf.chunks) f(ch, exec::HostDefault{});
+      with_host_exec([&](auto exec) {
+        for (Chunk& ch : buf.chunks) f(ch, exec);
+      });
       return;
     }
     std::exception_ptr error;
