@@ -49,7 +49,9 @@
 /// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
 /// to a few hundred KB, are thread scratch too.)
 /// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 21 V per layer; on 8x8 in float 5 376 bytes per
-/// layer and sample, so W1 (16 layers, batch 128) keeps 11.0 MB, plus 23 V once (0.75 MB).
+/// layer and sample, so W1 (16 layers, batch 128) keeps 11.0 MB, plus 4 V per sample per flow,
+/// 19 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
+/// and again for its chunks (12 V): 0.84 MB on W1 at one thread.
 /// Spline C = 13: 32 V per layer.
 
 #include <algorithm>
@@ -717,7 +719,9 @@ void w1_memory() {
   r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
                             "V*sizeof(T)*(2 + 1 + C + sum(H)) per layer, plus V*sizeof(T)*(1 + C + 2*max_c) per "
-                            "thread and 4 V*sizeof(T) per flow; affine H=(8,8), C=2, max_c=8: 21*V*sizeof(T) per layer");
+                            "thread (for a chunk of the batch) and 4 V*sizeof(T) per flow, and the training step's "
+                            "6 per-sample fields twice (the batch's and its chunks'); affine H=(8,8), C=2, "
+                            "max_c=8: 21*V*sizeof(T) per layer");
   if (peak > 0) {
     r.extra.emplace_back("peak_rss_MB", double(peak) * 1024 * 1e-6);
     r.extra.emplace_back("baseline_rss_MB", double(base) * 1024 * 1e-6);
@@ -855,8 +859,9 @@ void print_table() {
   std::printf("[lin]: (time / (V B)) over the same at 8x8 x 128 (same threads, precision); "
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
-              "Activation memory per coupling and sample: 21 V sizeof(T) (affine, tanh, H = (8, 8)), plus 23 V once; "
-              "W1: 5376 B per layer and sample, 11.0 MB in all.\n"
+              "Activation memory per coupling and sample: 21 V sizeof(T) (affine, tanh, H = (8, 8)), plus 4 V per "
+              "flow, 19 V per thread and chunk sample, 12 V in the training step's fields; W1: 5376 B per layer and "
+              "sample, 11.0 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");
   if (!g_w1_conv_kinds.empty()) {
