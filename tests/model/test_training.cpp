@@ -172,6 +172,40 @@ TEST_CASE("Chunked steps: the same bits with 1, 2, 3 and 8 threads, the gradient
   CHECK_THROWS_WITH_AS(model.trainer.run_training(bad), doctest::Contains("chunk_size = 0"), ParameterError);
 }
 
+TEST_CASE("Posterior samples and MCMC chains: the same bits with 1, 2 and 3 threads (chunks per thread)") {
+  // 1000 samples in chunks of 96: 11 chunks, the last of 40; with 2 and 3 threads each thread
+  // draws and maps whole chunks, from streams taken in chunk order
+  using Lat = Lattice<4, 4>;
+  auto draw = [](int threads) {
+    test::ThreadCount tc(threads);
+    NormalPrior<Lat> prior(0, 1, 11);
+    ScalarPhi4Action action{.kappa = 0.5, .m_sq = -1.0, .lambd = 0.5};
+    Flow<Repeat<2, AffineCoupling_<ConvNet<Hidden<4>>>>, Lat> net_(4);
+    Model model{prior, net_, action};
+    model.posterior.chunk_size = 96;
+    const auto a = model.posterior.sample__(1000);
+    const auto b = model.posterior.sample__(1000);  // the next draws
+    const auto chain = model.mcmc.sample(500);
+    std::vector<float> out(a.y.flat().begin(), a.y.flat().end());
+    out.insert(out.end(), a.logq.begin(), a.logq.end());
+    out.insert(out.end(), a.logp.begin(), a.logp.end());
+    out.insert(out.end(), b.y.flat().begin(), b.y.flat().end());
+    out.insert(out.end(), chain.flat().begin(), chain.flat().end());
+    return out;
+  };
+  const std::vector<float> one = draw(1);
+  CHECK(draw(2) == one);
+  CHECK(draw(3) == one);
+  // the second draw continues the prior's streams: not the first one again
+  NormalPrior<Lat> prior(0, 1, 11);
+  Model model{prior, Flow<Repeat<2, AffineCoupling_<ConvNet<Hidden<4>>>>, Lat>(4),
+              ScalarPhi4Action{.kappa = 0.5, .m_sq = -1.0, .lambd = 0.5}};
+  model.posterior.chunk_size = 96;
+  const auto a = model.posterior.sample__(200), b = model.posterior.sample__(200);
+  CHECK(std::vector<float>(a.y.flat().begin(), a.y.flat().end()) !=
+        std::vector<float>(b.y.flat().begin(), b.y.flat().end()));
+}
+
 TEST_CASE("A NaN loss stops training with an exception naming the epoch: bad options are rejected") {
   NormalPrior<Lattice<1>> prior(0, 1, 1);
   ScalarPhi4Action action{.kappa = 0, .m_sq = -2.0, .lambd = 0.2};

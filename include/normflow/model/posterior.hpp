@@ -11,10 +11,12 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <exception>
 #include <span>
 #include <vector>
 
 #include <normflow/detail/batch_output.hpp>
+#include <normflow/exec/exec.hpp>
 #include <normflow/prior/normal_prior.hpp>
 #include <normflow/field/field.hpp>
 
@@ -89,24 +91,81 @@ class Posterior {
     detail::require_batch_size(n, "Posterior::sample");
     FlowSamples<field_type> r{field_type(index_t(n)), std::vector<T>(std::size_t(n)),
                               with_logp ? std::vector<T>(std::size_t(n)) : std::vector<T>{}};
-    field_type xc, yc;
-    typename M::net_type::tape_type tape;
-    for (index_t b0 = 0; b0 < index_t(n); b0 += chunk_size) {
-      const index_t nb = std::min<index_t>(chunk_size, index_t(n) - b0);
-      if (xc.batch() != nb) xc.resize(nb), yc.resize(nb);
-      std::vector<T> lr(static_cast<std::size_t>(nb)), ld(static_cast<std::size_t>(nb), T(0));
-      m_model.prior.sample_into(xc);
-      m_model.prior.log_prob(xc, std::span<T>(lr));
-      m_model.net_.forward(xc, yc, std::span<T>(ld), tape);
-      detail::copy_samples(yc, r.y, b0);
-      for (index_t b = 0; b < nb; ++b) r.logq[std::size_t(b0 + b)] = lr[std::size_t(b)] - ld[std::size_t(b)];
-      if (with_logp) {
-        std::vector<T> s(static_cast<std::size_t>(nb));
-        m_model.action.action(yc, std::span<T>(s));
-        for (index_t b = 0; b < nb; ++b) r.logp[std::size_t(b0 + b)] = -s[std::size_t(b)];
+    const index_t N = index_t(n), nchunks = (N + chunk_size - 1) / chunk_size;
+    const int threads = exec::max_threads();
+    // With at least as many chunks as threads and a prior that takes a stream: each thread takes
+    // whole chunks, on one thread inside (the chunks' streams are taken in order first, so the
+    // samples are the bits of the sequential loop). Measured on the 8x8 affine flow, 4096
+    // samples: two threads 87 000-89 000 -> 128 000-131 000 samples/s (one thread 64 000-65 000;
+    // before, the chunks ran one after another with the threads inside each kernel).
+    if constexpr (requires(field_type& f) { m_model.prior.sample_into(f, m_model.prior.generator().next(), exec::Serial{}); }) {
+      if (threads > 1 && nchunks >= threads) {
+        std::vector<CounterRng> streams;
+        streams.reserve(std::size_t(nchunks));
+        for (index_t k = 0; k < nchunks; ++k) streams.push_back(m_model.prior.generator().next());
+        std::exception_ptr error;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+#if defined(_OPENMP)
+          const index_t t = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+          const index_t t = 0, team = 1;
+#endif
+          try {
+            Scratch w;
+            for (index_t k = nchunks * t / team; k < nchunks * (t + 1) / team; ++k)
+              chunk(r, k * chunk_size, std::min(chunk_size, N - k * chunk_size), with_logp, w,
+                    [&](field_type& x) { m_model.prior.sample_into(x, streams[std::size_t(k)], exec::Serial{}); },
+                    exec::Serial{});
+          } catch (...) {
+#if defined(_OPENMP)
+#pragma omp critical(normflow_posterior_chunk_error)
+#endif
+            if (!error) error = std::current_exception();
+          }
+        }
+        if (error) std::rethrow_exception(error);
+        return r;
       }
     }
+    Scratch w;
+    for (index_t b0 = 0; b0 < N; b0 += chunk_size)
+      chunk(r, b0, std::min(chunk_size, N - b0), with_logp, w, [&](field_type& x) { m_model.prior.sample_into(x); },
+            exec::HostDefault{});
     return r;
+  }
+
+  /// One thread's buffers for sample__'s chunks.
+  struct Scratch {
+    field_type x, y;
+    typename M::net_type::tape_type tape;
+    std::vector<T> lr, ld, s;
+  };
+
+  /// Samples [b0, b0 + nb) of r: x from draw(x), y = f(x), log q, and log p if with_logp.
+  template <class Draw, class Exec>
+  void chunk(FlowSamples<field_type>& r, index_t b0, index_t nb, bool with_logp, Scratch& w, Draw&& draw, Exec exec) {
+    if (w.x.batch() != nb) w.x.resize(nb), w.y.resize(nb);
+    w.lr.assign(std::size_t(nb), T(0));
+    w.ld.assign(std::size_t(nb), T(0));
+    draw(w.x);
+    if constexpr (requires { m_model.prior.log_prob(w.x, std::span<T>(w.lr), exec); })
+      m_model.prior.log_prob(w.x, std::span<T>(w.lr), exec);
+    else
+      m_model.prior.log_prob(w.x, std::span<T>(w.lr));
+    m_model.net_.forward(w.x, w.y, std::span<T>(w.ld), w.tape, exec);
+    detail::copy_samples(w.y, r.y, b0);
+    for (index_t b = 0; b < nb; ++b) r.logq[std::size_t(b0 + b)] = w.lr[std::size_t(b)] - w.ld[std::size_t(b)];
+    if (with_logp) {
+      w.s.assign(std::size_t(nb), T(0));
+      if constexpr (requires { m_model.action.action(w.y, std::span<T>(w.s), exec); })
+        m_model.action.action(w.y, std::span<T>(w.s), exec);
+      else
+        m_model.action.action(w.y, std::span<T>(w.s));
+      for (index_t b = 0; b < nb; ++b) r.logp[std::size_t(b0 + b)] = -w.s[std::size_t(b)];
+    }
   }
 
   M& m_model;

@@ -201,7 +201,14 @@ class NormalPrior {
   /// Overwrites x (its batch size is kept) with fresh samples; no allocation.
   template <exec::Policy Exec = exec::Default>
   void sample_into(field_type& x, Exec exec = {}) {
-    const detail::NormalFillKernel<Lat, Order, T, components> k{x.view(), m_gen.next(), m_loc, m_scale};
+    sample_into(x, m_gen.next(), exec);
+  }
+  /// sample_into with a stream taken from generator().next() beforehand: batches whose streams
+  /// were taken in order, filled in any order or at once on several threads, hold the bits that
+  /// sample_into gives them one after another. const: the generator is not advanced.
+  template <exec::Policy Exec = exec::Default>
+  void sample_into(field_type& x, CounterRng stream, Exec exec = {}) const {
+    const detail::NormalFillKernel<Lat, Order, T, components> k{x.view(), stream, m_loc, m_scale};
     if constexpr (std::is_same_v<Exec, exec::Serial> || std::is_same_v<Exec, exec::OpenMP>) {
       // host: groups of G packs of doubles per work item (the last group of a site may be shorter)
       using VD = simd::native_pack<double>;

@@ -117,7 +117,12 @@ class UniformPrior {
 
   template <exec::Policy Exec = exec::Default>
   void sample_into(field_type& x, Exec exec = {}) {
-    const detail::UniformFillKernel<Lat, Order, T, components> k{x.view(), m_gen.next(), m_low, m_high - m_low};
+    sample_into(x, m_gen.next(), exec);
+  }
+  /// sample_into with a stream taken from generator().next() beforehand (see NormalPrior).
+  template <exec::Policy Exec = exec::Default>
+  void sample_into(field_type& x, CounterRng stream, Exec exec = {}) const {
+    const detail::UniformFillKernel<Lat, Order, T, components> k{x.view(), stream, m_low, m_high - m_low};
     exec::parallel_for(exec, offset_t(Lat::volume) * x.padded_batch(), k);
   }
 
