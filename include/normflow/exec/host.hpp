@@ -20,6 +20,7 @@
 /// functions, std containers or allocation inside.
 
 #include <algorithm>
+#include <exception>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -76,6 +77,31 @@ void parallel_for(OpenMP, offset_t n, const F& f) {
 #pragma omp parallel for schedule(static)
 #endif
   for (offset_t i = 0; i < n; ++i) f(i);
+}
+
+/// f(lo, hi) once on each OpenMP thread: thread t of a team of T takes [n t / T, n (t + 1) / T)
+/// (contiguous blocks of [0, n) in thread order; some may be empty). f(0, n) without OpenMP. For
+/// data-parallel loops over whole chunks of work (each thread runs exec::Serial inside). The
+/// first exception f throws is rethrown after the team has finished (an exception must not leave
+/// an OpenMP region).
+template <class F>
+void for_each_thread_block(offset_t n, const F& f) {
+#if defined(_OPENMP)
+  std::exception_ptr error;
+#pragma omp parallel
+  {
+    const offset_t t = omp_get_thread_num(), team = omp_get_num_threads();
+    try {
+      f(n * t / team, n * (t + 1) / team);
+    } catch (...) {
+#pragma omp critical(normflow_thread_block_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#else
+  f(offset_t(0), n);
+#endif
 }
 
 namespace detail {

@@ -39,7 +39,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <exception>
 #include <fstream>
 #include <functional>
 #include <numbers>
@@ -394,9 +393,9 @@ class Trainer {
       f(exec::HostDefault{});
   }
 
-  /// f(chunk, exec) for every chunk: whole chunks per thread (exec::Serial inside) when there are
-  /// at least as many chunks as threads, else one after another on all threads. The first
-  /// exception a chunk throws is rethrown after the loop.
+  /// f(chunk, exec) for every chunk: whole chunks per thread (exec::Serial inside, the threads'
+  /// blocks of exec::for_each_thread_block) when there are at least as many chunks as threads,
+  /// else one after another on all threads. The first exception a chunk throws is rethrown.
   template <class F>
   static void for_each_chunk(Buffers& buf, F&& f) {
     const index_t n = index_t(buf.chunks.size());
@@ -407,21 +406,9 @@ class Trainer {
       });
       return;
     }
-    std::exception_ptr error;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (index_t k = 0; k < n; ++k) {
-      try {
-        f(buf.chunks[std::size_t(k)], exec::Serial{});
-      } catch (...) {
-#if defined(_OPENMP)
-#pragma omp critical(normflow_trainer_chunk_error)
-#endif
-        if (!error) error = std::current_exception();
-      }
-    }
-    if (error) std::rethrow_exception(error);
+    exec::for_each_thread_block(n, [&](offset_t lo, offset_t hi) {
+      for (offset_t k = lo; k < hi; ++k) f(buf.chunks[std::size_t(k)], exec::Serial{});
+    });
   }
 
   /// True when f holds Losses::kl_mean (the loss whose path gradient is unbiased).
