@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -62,4 +64,32 @@ TEST_CASE("exec::Default is OpenMP on the host when compiled with OpenMP") {
 #endif
   static_assert(exec::Policy<exec::Serial> && exec::Policy<exec::OpenMP> && !exec::Policy<int>);
   CHECK(exec::max_threads() >= 1);
+}
+
+TEST_CASE("for_each_thread_block: contiguous blocks cover [0, n) once, in thread order; exceptions come out") {
+  for (int threads : {1, 2, 3}) {
+    test::ThreadCount tc(threads);
+    for (offset_t n : {0, 1, 2, 7, 100}) {
+      CAPTURE(threads);
+      CAPTURE(n);
+      std::vector<int> hits(std::size_t(n), 0);
+      std::vector<std::pair<offset_t, offset_t>> blocks(std::size_t(threads), {-1, -1});
+      exec::for_each_thread_block(n, [&](offset_t lo, offset_t hi) {
+        for (offset_t i = lo; i < hi; ++i) ++hits[std::size_t(i)];
+#if defined(_OPENMP)
+        blocks[std::size_t(omp_get_thread_num())] = {lo, hi};
+#else
+        blocks[0] = {lo, hi};
+#endif
+      });
+      CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+      for (std::size_t t = 1; t < blocks.size(); ++t)
+        if (blocks[t].first >= 0 && blocks[t - 1].first >= 0) CHECK(blocks[t].first == blocks[t - 1].second);
+    }
+    CHECK_THROWS_WITH_AS(exec::for_each_thread_block(10,
+                                                     [](offset_t lo, offset_t) {
+                                                       if (lo == 0) throw std::runtime_error("block 0 failed");
+                                                     }),
+                         "block 0 failed", std::runtime_error);
+  }
 }
