@@ -66,7 +66,7 @@ TEST_CASE("exec::Default is OpenMP on the host when compiled with OpenMP") {
   CHECK(exec::max_threads() >= 1);
 }
 
-TEST_CASE("for_each_thread_block: contiguous blocks cover [0, n) once, in thread order; exceptions come out") {
+TEST_CASE("for_each_thread_block: contiguous blocks in thread order cover 0 to n once, and a block exception comes out") {
   for (int threads : {1, 2, 3}) {
     test::ThreadCount tc(threads);
     for (offset_t n : {0, 1, 2, 7, 100}) {
