@@ -98,9 +98,10 @@ struct TrainConfig {
   /// gradients in chunk order: with several threads each thread takes whole chunks (one
   /// synchronisation per step instead of one per kernel, and no data shared between cores),
   /// otherwise the chunks run one after another on all threads. Results depend on chunk_size (the
-  /// order of the gradient's sum), never on the thread count. Measured here (1 -> 8 -> 8 -> 2
-  /// affine flow, batch 128): chunks of 64 made the one-thread step 4-17% faster than one chunk of
-  /// 128 (smaller working sets) and two threads 1.9-2.2 times as fast as one (1.4-1.8 before).
+  /// order of the gradient's sum), never on the thread count. Measured here (16 affine couplings
+  /// 1 -> 8 -> 8 -> 2, batch 128, against one chunk of 128): on one thread about the same in float
+  /// on 8x8 and 16x16, 2-5% faster on 32x32, 6-18% faster in double (smaller working sets); two
+  /// threads 1.9-2.2 times as fast as one (1.3-1.8 before). See benchmarks/README.md.
   long long chunk_size = 64;
 };
 
