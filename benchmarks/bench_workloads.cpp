@@ -19,7 +19,8 @@
 /// a change in the load of the shared machine hits both alike: W1 with W1_plain, and each W4
 /// shape with 1 and 2 threads (one model, stepped alternately with either count).
 /// Sampling (W3) times whole posterior.sample(4096) / mcmc.sample(4096) calls the same way, with
-/// the default Posterior::chunk_size (1024) and, reported beside it, with chunk_size = 128.
+/// the default Posterior::chunk_size (128) and, reported beside it, with chunk_size = 128 set
+/// explicitly.
 /// W1_memory runs a W1 training (run_training, 100 epochs) in a child process (this binary with
 /// --w1-memory-child), started before anything else, and reports the child's peak RSS
 /// (getrusage ru_maxrss).
@@ -492,7 +493,7 @@ void w3() {
       else
         (void)model->posterior.sample(n);
     };
-    const Timing t = time_calls(call);  // the default Posterior::chunk_size (1024)
+    const Timing t = time_calls(call);  // the default Posterior::chunk_size (128)
     // the same with internal batches of 128 samples (a public knob of Posterior): the working
     // set of one layer then stays in L2 (reported, not the headline number)
     const index_t default_chunk = model->posterior.chunk_size;
