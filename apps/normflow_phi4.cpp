@@ -31,7 +31,7 @@ struct Options {
   double kappa = 0.67, m_sq = -2.68, lambd = 0.5;
   long long epochs = 1000;
   long long batch = 128;
-  long long chunk = 64;
+  long long chunk = 0;  // 0: automatic (TrainConfig::chunk_size)
   double lr = 0.01;
   std::string scheduler = "cosine";
   std::uint64_t seed = 1;
@@ -63,7 +63,8 @@ const char* usage =
     "training:\n"
     "  --epochs N           optimiser steps (default 1000)\n"
     "  --batch N            samples per step (default 128)\n"
-    "  --chunk N            samples per chunk of a step (default 64): threads take whole chunks;\n"
+    "  --chunk N            samples per chunk of a step (default 0: automatic, 64 in float):\n"
+    "                       threads take whole chunks;\n"
     "                       results depend on it, not on the thread count\n"
     "  --lr X               AdamW learning rate (default 0.01)\n"
     "  --scheduler S        cosine (default) or none\n"
@@ -149,7 +150,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--activation") o.activation = one_of(a, v, {"tanh", "leaky_relu", "silu", "none"});
     else if (a == "--epochs") o.epochs = parse_int(a, v, 0, 100'000'000);
     else if (a == "--batch") o.batch = parse_int(a, v, 2, 1 << 20);
-    else if (a == "--chunk") o.chunk = parse_int(a, v, 1, 1 << 20);
+    else if (a == "--chunk") o.chunk = parse_int(a, v, 0, 1 << 20);
     else if (a == "--lr") {
       o.lr = parse_double(a, v);
       if (!(o.lr > 0)) fail("--lr must be > 0, got '" + v + "'");
@@ -218,8 +219,9 @@ int run(const Options& o) {
   std::printf("normflow %s: phi^4 on %s (kappa %g, m_sq %g, lambd %g); %lld %s couplings, %zu parameters\n",
               version_string, o.lattice.c_str(), o.kappa, o.m_sq, o.lambd, o.layers, o.arch.c_str(),
               model.net_.num_params());
+  const long long chunk = std::min(o.chunk > 0 ? o.chunk : auto_chunk_size<float>(), o.batch);
   std::printf("training: %lld epochs, batch %lld (chunks of %lld), lr %g (%s), %s gradient, seed %llu, %d threads, %s\n",
-              o.epochs, o.batch, std::min(o.chunk, o.batch), o.lr, o.scheduler.c_str(), o.estimator.c_str(),
+              o.epochs, o.batch, chunk, o.lr, o.scheduler.c_str(), o.estimator.c_str(),
               (unsigned long long)o.seed, exec::max_threads(),
               simd::arch_name());
   std::fflush(stdout);

@@ -168,8 +168,47 @@ TEST_CASE("Chunked steps: the same bits with 1, 2, 3 and 8 threads, the gradient
   NormalPrior<Lat, double> prior(0, 1, 5);
   Model model{prior, Net(2), ScalarPhi4Action{}};
   TrainConfig bad{.n_epochs = 1, .batch_size = 8, .progress = Progress::never};
-  bad.chunk_size = 0;
-  CHECK_THROWS_WITH_AS(model.trainer.run_training(bad), doctest::Contains("chunk_size = 0"), ParameterError);
+  bad.chunk_size = -1;
+  CHECK_THROWS_WITH_AS(model.trainer.run_training(bad), doctest::Contains("chunk_size = -1"), ParameterError);
+  // chunk_size = 0 (the default) is auto_chunk_size: 32 samples in double
+  static_assert(auto_chunk_size<double>() == 32 && auto_chunk_size<float>() == 64);
+  CHECK(gradient(1, 0, 100) == one);
+  CHECK(gradient(2, 0, 100) == one);
+}
+
+TEST_CASE("Chunked steps: the reverse KL's fused chunks (backward right after forward) give the split order's bits") {
+  // Losses::kl_mean runs each chunk's backward half right after its forward half; the same loss
+  // behind a lambda is not recognised, so that step takes the split order (every forward half,
+  // the loss, then every backward half). The total gradient (a lambda also turns the path
+  // gradient off) must agree bit for bit, on one thread and on two.
+  using Lat = Lattice<4, 4>;
+  using Net = Flow<Repeat<2, AffineCoupling_<ConvNet<Hidden<4>>>>, Lat, double>;
+  auto gradient = [](int threads, bool wrapped) {
+    test::ThreadCount tc(threads);
+    NormalPrior<Lat, double> prior(0, 1, 7);
+    Net net_(3);
+    Model model{prior, net_, ScalarPhi4Action{.kappa = 0.5, .m_sq = -1.0, .lambd = 0.5}};
+    Trainer<decltype(model)>::Buffers buf{index_t(70)};
+    TrainConfig c{.batch_size = 70, .path_gradient = false};
+    c.chunk_size = 16;
+    if (wrapped)
+      c.loss_fn = [](std::span<const double> q, std::span<const double> p, std::span<double> dq, std::span<double> dp) {
+        return Losses::kl_mean(q, p, dq, dp);
+      };
+    const auto r = model.trainer.step(c, 0.8, buf);
+    std::vector<double> out(model.net_.grads().begin(), model.net_.grads().end());
+    out.push_back(r.loss);
+    out.push_back(r.ess);
+    out.insert(out.end(), buf.dq.begin(), buf.dq.end());
+    return out;
+  };
+  const std::vector<double> fused = gradient(1, false);
+  double norm = 0;
+  for (double v : fused) norm = std::max(norm, std::abs(v));
+  CHECK(norm > 1e-3);
+  CHECK(gradient(1, true) == fused);
+  CHECK(gradient(2, true) == fused);
+  CHECK(gradient(2, false) == fused);
 }
 
 TEST_CASE("Posterior samples and MCMC chains: the same bits with 1, 2 and 3 threads (chunks per thread)") {
