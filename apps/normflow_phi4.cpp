@@ -219,7 +219,7 @@ int run(const Options& o) {
   std::printf("normflow %s: phi^4 on %s (kappa %g, m_sq %g, lambd %g); %lld %s couplings, %zu parameters\n",
               version_string, o.lattice.c_str(), o.kappa, o.m_sq, o.lambd, o.layers, o.arch.c_str(),
               model.net_.num_params());
-  const long long chunk = std::min(o.chunk > 0 ? o.chunk : auto_chunk_size<float>(), o.batch);
+  const long long chunk = std::min(o.chunk > 0 ? o.chunk : 64LL, o.batch);  // automatic: 64 in float
   std::printf("training: %lld epochs, batch %lld (chunks of %lld), lr %g (%s), %s gradient, seed %llu, %d threads, %s\n",
               o.epochs, o.batch, chunk, o.lr, o.scheduler.c_str(), o.estimator.c_str(),
               (unsigned long long)o.seed, exec::max_threads(),

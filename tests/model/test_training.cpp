@@ -170,10 +170,15 @@ TEST_CASE("Chunked steps: the same bits with 1, 2, 3 and 8 threads, the gradient
   TrainConfig bad{.n_epochs = 1, .batch_size = 8, .progress = Progress::never};
   bad.chunk_size = -1;
   CHECK_THROWS_WITH_AS(model.trainer.run_training(bad), doctest::Contains("chunk_size = -1"), ParameterError);
-  // chunk_size = 0 (the default) is auto_chunk_size: 32 samples in double
-  static_assert(auto_chunk_size<double>() == 32 && auto_chunk_size<float>() == 64);
-  CHECK(gradient(1, 0, 100) == one);
-  CHECK(gradient(2, 0, 100) == one);
+  // chunk_size = 0 (the default) is auto_chunk_size: 64 samples here (16 sites), 32 in double
+  // from 16x16 on
+  static_assert(auto_chunk_size<double>(16) == 64 && auto_chunk_size<double>(64) == 64);
+  static_assert(auto_chunk_size<double>(256) == 32 && auto_chunk_size<double>(1024) == 32);
+  static_assert(auto_chunk_size<float>(64) == 64 && auto_chunk_size<float>(4096) == 64);
+  const std::vector<double> automatic = gradient(1, 0, 100);
+  CHECK(automatic == gradient(1, 64, 100));
+  CHECK(automatic != one);
+  CHECK(gradient(2, 0, 100) == automatic);
 }
 
 TEST_CASE("Chunked steps: the reverse KL's fused chunks (backward right after forward) give the split order's bits") {

@@ -37,6 +37,7 @@
 /// threads then meet only at the end; the same bits). Results depend on chunk_size, never on the
 /// thread count.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -76,11 +77,16 @@ enum class Scheduler {
 /// When to print the live progress line (to stderr).
 enum class Progress { automatic, always, never };
 
-/// The chunk of a training step that TrainConfig::chunk_size = 0 selects: 256 bytes of samples
-/// per site and channel (64 in float, 32 in double; at least 1).
+/// The chunk of a training step that TrainConfig::chunk_size = 0 selects on a lattice of `volume`
+/// sites: 64 samples while a field of 64 samples takes at most 32 KiB (its conditioner's hidden
+/// activations, about 8 times that, then stay in L2 at any lane width), else 256 bytes of samples
+/// per site and channel (64 in float, 32 in double), so that a convolution's taps around one site
+/// (9 sites x 8 channels x 256 bytes = 18 KB) stay in L1.
 template <class T>
-constexpr long long auto_chunk_size() noexcept {
-  return sizeof(T) >= 256 ? 1 : 256 / static_cast<long long>(sizeof(T));
+constexpr long long auto_chunk_size(long long volume) noexcept {
+  constexpr long long wide = 64, bytes = static_cast<long long>(sizeof(T));
+  if (volume * wide * bytes <= 32 * 1024) return wide;
+  return std::max<long long>(1, std::min(wide, 256 / bytes));
 }
 
 /// The options of Trainer::run_training (designated initializers, in this order).
@@ -112,11 +118,10 @@ struct TrainConfig {
   /// 1 -> 8 -> 8 -> 2, batch 128, against one chunk of 128): on one thread about the same in float
   /// on 8x8 and 16x16, 2-5% faster on 32x32, 6-18% faster in double (smaller working sets); two
   /// threads 1.9-2.2 times as fast as one (1.3-1.8 before). See benchmarks/README.md.
-  /// 0 (the default): automatic, 256 bytes of samples per site and channel (auto_chunk_size: 64
-  /// samples in float, 32 in double), so that a convolution's taps around one site (9 sites x 8
-  /// channels x 256 bytes = 18 KB) stay in L1. Against 64 in double (same reference flow and
-  /// batch, one thread): 16x16 -3.6%, 32x32 -6.3% (two threads -2.3%, -4.3%), 8x8 +1.5% to +5%;
-  /// in float 32 samples measured 5-7% slower than 64 on 16x16 and 32x32.
+  /// 0 (the default): automatic (auto_chunk_size): 64 samples, but 32 in double on lattices of
+  /// more than 64 sites. 32 against 64 in double (same reference flow and batch): 16x16 -5% on
+  /// one thread, -2% on two; 32x32 -6% on either; but 8x8 +8-12% on one thread. In float, 32
+  /// samples measured 5-7% slower than 64 on 16x16 and 32x32.
   long long chunk_size = 0;
 };
 
@@ -256,7 +261,7 @@ class Trainer {
     prior.log_prob(buf.x, std::span<T>(buf.logr));
     std::fill(buf.logj.begin(), buf.logj.end(), T(0));
     const bool path = c.path_gradient && is_reverse_kl(c.loss_fn);
-    const long long want = c.chunk_size > 0 ? c.chunk_size : auto_chunk_size<T>();
+    const long long want = c.chunk_size > 0 ? c.chunk_size : auto_chunk_size<T>(field_type::volume);
     const index_t chunk = index_t(std::min<long long>(want, std::max<index_t>(B, 1)));
     const index_t nchunks = B > 0 ? (B + chunk - 1) / chunk : 1;
     if (nchunks > 1) lay_out_chunks(buf, chunk, nchunks);
