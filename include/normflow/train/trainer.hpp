@@ -283,6 +283,15 @@ class Trainer {
                                            "; stopping (parameters and the last checkpoint are left as they were "
                                            "before this epoch; try a smaller lr or double precision)"));
     };
+    auto forward_chunk = [&](Chunk& ch, auto exec) {
+      copy_lanes(buf.x, ch.b0, ch.x, 0, ch.nb);
+      forward_part(ch.x, ch.y, ch.g, ch.gx, ch.force, ch.tape, ch.b0, ch.nb, buf, path, alpha, exec);
+      copy_lanes(ch.y, 0, buf.y, ch.b0, ch.nb);  // the batch's y, for callers
+    };
+    auto backward_chunk = [&](Chunk& ch, auto exec) {
+      std::fill(ch.grads.begin(), ch.grads.end(), T(0));
+      backward_part(ch.gy, ch.g, ch.force, ch.tape, ch.gx, ch.b0, ch.nb, buf, path, std::span<T>(ch.grads), exec);
+    };
     double loss = 0;
     if (nchunks > 1 && is_reverse_kl(c.loss_fn)) {
       // The reverse KL's per-sample derivatives do not depend on the batch (dq = 1/B, dp = -1/B:
@@ -293,14 +302,11 @@ class Trainer {
       // so the same bits; the loss is checked before the step returns, before any update.
       const double n = double(B);
       for_each_chunk(buf, [&](Chunk& ch, auto exec) {
-        copy_lanes(buf.x, ch.b0, ch.x, 0, ch.nb);
-        forward_part(ch.x, ch.y, ch.g, ch.gx, ch.force, ch.tape, ch.b0, ch.nb, buf, path, alpha, exec);
-        copy_lanes(ch.y, 0, buf.y, ch.b0, ch.nb);  // the batch's y, for callers
+        forward_chunk(ch, exec);
         densities(ch.b0, ch.nb);
         for (index_t b = ch.b0; b < ch.b0 + ch.nb; ++b) buf.dq[std::size_t(b)] = 1 / n, buf.dp[std::size_t(b)] = -1 / n;
         log_det_cotangent(ch.b0, ch.nb);
-        std::fill(ch.grads.begin(), ch.grads.end(), T(0));
-        backward_part(ch.gy, ch.g, ch.force, ch.tape, ch.gx, ch.b0, ch.nb, buf, path, std::span<T>(ch.grads), exec);
+        backward_chunk(ch, exec);
       });
       loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
       check_loss(loss);
@@ -312,11 +318,7 @@ class Trainer {
           forward_part(buf.x, buf.y, buf.g, buf.gx, buf.force, buf.tape, 0, B, buf, path, alpha, exec);
         });
       } else {
-        for_each_chunk(buf, [&](Chunk& ch, auto exec) {
-          copy_lanes(buf.x, ch.b0, ch.x, 0, ch.nb);
-          forward_part(ch.x, ch.y, ch.g, ch.gx, ch.force, ch.tape, ch.b0, ch.nb, buf, path, alpha, exec);
-          copy_lanes(ch.y, 0, buf.y, ch.b0, ch.nb);  // the batch's y, for callers
-        });
+        for_each_chunk(buf, forward_chunk);
       }
       densities(0, B);
       loss = c.loss_fn(buf.logq, buf.logp, buf.dq, buf.dp);
@@ -328,11 +330,7 @@ class Trainer {
           backward_part(buf.gy, buf.g, buf.force, buf.tape, buf.gx, 0, B, buf, path, net.grads(), exec);
         });
       } else {
-        for_each_chunk(buf, [&](Chunk& ch, auto exec) {
-          std::fill(ch.grads.begin(), ch.grads.end(), T(0));
-          backward_part(ch.gy, ch.g, ch.force, ch.tape, ch.gx, ch.b0, ch.nb, buf, path, std::span<T>(ch.grads),
-                        exec);
-        });
+        for_each_chunk(buf, backward_chunk);
         sum_chunk_grads(buf);
       }
     }
