@@ -380,7 +380,7 @@ void w1_conv() {
   // ConvStack's buffers: sites detail::conv_site_stride apart (an odd number of cache lines);
   // the conditioner's input x, its output theta and the input gradient use Field's layout
   const std::size_t n = std::size_t(V) * std::size_t(detail::conv_site_stride<T>(8, B));
-  AlignedBuffer<T> a(n), b(n), w(8 * 8 * K), gw(8 * 8 * K), scratch(detail::conv_param_grad_scratch<T>(8, 8, K, V));
+  AlignedBuffer<T> a(n), b(n), w(8 * 8 * K), gw(8 * 8 * K), scratch(detail::conv_param_grad_scratch<T>(8, 8, K, V, B));
   for (std::size_t i = 0; i < a.size(); ++i) a[i] = T(0.5) + T(i % 7) * T(0.01), b[i] = T(i % 5) * T(0.02);
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = T(i % 11) * T(0.01) - T(0.05);
   struct Call {

@@ -304,6 +304,13 @@ TEST_CASE("ConvStack: VJP across weight-gradient chunks, tiles, lane blocks and 
   check_directional_vjp<Lattice<4, 6, 4>>(wide, 23, 19);
   // 256 sites: four weight-gradient chunks of 64 sites (two per parity), eight tiles
   check_directional_vjp<Lattice<16, 16>>(wide, 24, 40);
+  // 8 -> 8 and 8 -> 16: the transposed weight gradient with AVX-512 (detail::wgrad_transposed:
+  // items of 8 rows, blocks of 3 taps), one and two row blocks; 27 taps: blocks of 3 in 3d
+  ConvNetConfig eight{.in_channels = 2, .hidden = {8, 8, 16}, .out_channels = 3, .kernel_size = 3,
+                      .activation = Activation::tanh, .bias = true};
+  check_directional_vjp<Lattice<10, 8>>(eight, 25, 37);
+  check_directional_vjp<Lattice<16, 16>>(eight, 26, 9);
+  check_directional_vjp<Lattice<4, 6, 4>>(eight, 27, 8);
 }
 
 TEST_CASE("ConvStack: every parameter and input gradient entry on Lattice<2, 2>") {
@@ -500,8 +507,8 @@ TEST_CASE_TEMPLATE("ConvStack: 1 and 2 OpenMP threads give bitwise identical out
   using Lat = Lattice<8, 8>;
   using Net = ConvStack<Lat, T>;
   constexpr index_t batch = 40;  // float: 3 packs of 16 on AVX-512, an odd chunk
-  const Net net({.in_channels = 3, .hidden = {8, 13}, .out_channels = 13, .kernel_size = 3,
-                 .activation = Activation::silu, .bias = true});
+  const Net net({.in_channels = 3, .hidden = {8, 8, 13}, .out_channels = 13, .kernel_size = 3,
+                 .activation = Activation::silu, .bias = true});  // 8 -> 8: the transposed weight gradient
   std::vector<T> params(net.num_params());
   net.init_params(params, 17);
   std::mt19937_64 rng(18);
@@ -760,7 +767,7 @@ TEST_CASE_TEMPLATE("conv_backward_fused: the weight gradient and the adjoint in 
   for (T& v : w) v = T(normal(rng) * 0.3);
   AlignedBuffer<T> wt(w.size());
   detail::pack_conv_weights(w.data(), wt.data(), cout, cin, K, true);  // the adjoint cout -> cin
-  AlignedBuffer<T> scratch(detail::conv_param_grad_scratch<T>(cin, cout, K, V));
+  AlignedBuffer<T> scratch(detail::conv_param_grad_scratch<T>(cin, cout, K, V, stride));
   struct Ranges {
     index_t g0, g1, a0, a1;
   };

@@ -29,6 +29,7 @@
 /// operands are reused from L1.
 
 #include <algorithm>
+#include <cstring>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -277,17 +278,19 @@ inline constexpr index_t conv_tape_prefetch_distance = 4;
 /// none) and deletes the calls to it unless it is inlined first: hence always_inline, and no
 /// helper lambda inside. (A prefetch of each output site's front input sites, prefetch_front,
 /// was deleted that way since it was written; made to run, it cost 4-7% on 8x8 to 32x32.)
+/// Lanes [b0, b1) of every channel (b1 = -1: all of them; b0, b1 multiples of the line).
 template <class T>
 NORMFLOW_ALWAYS_INLINE void prefetch_tape(const ConvOutput<T>& e, offset_t site, index_t cout, index_t stride,
-                                          index_t s) noexcept {
+                                          index_t s, index_t b0 = 0, index_t b1 = -1) noexcept {
   if (e.mode != ConvEpilogue::derivative) return;
   constexpr index_t line = index_t(64 / sizeof(T));
   const offset_t at = offset_t(s) * site;
+  const index_t end = b1 < 0 ? stride : b1;
   const T* const bases[2] = {e.h, e.z != e.h ? e.z : nullptr};
   for (const T* base : bases) {  // (not through a helper function: see above)
     if (base == nullptr) continue;
     for (index_t c = 0; c < cout; ++c)
-      for (index_t b = 0; b < stride; b += line) __builtin_prefetch(base + at + offset_t(c) * stride + b, 0, 2);
+      for (index_t b = b0; b < end; b += line) __builtin_prefetch(base + at + offset_t(c) * stride + b, 0, 2);
   }
 }
 
@@ -329,18 +332,42 @@ inline index_t conv_site_item(index_t s, index_t volume) noexcept {
   return s < half ? 2 * s : 2 * (s - half) + 1;
 }
 
-/// The convolution a followed by the epilogue e, over every site and lane. Work items are
-/// (site, chunk of conv_chunk_packs packs); items write disjoint outputs.
+/// Packs per lane chunk of the layer-by-layer sweeps (conv_forward, conv_backward_fused's
+/// adjoint), which run over the sites once per lane chunk (lane chunks outer): with AVX-512, 2 (the
+/// register block's width) for convolutions onto whole blocks of 8 output channels from 4 or more
+/// inputs, 4 onto one output channel, else conv_chunk_packs (then one chunk holds 128 float lanes:
+/// the sweep runs over the sites once). A chunk of 8 -> 8 at 8x8 x 128 float then reads 1 KiB per
+/// site, and the three lattice rows around an output row (24 KiB) stay in L1 while the sweep
+/// passes, where a whole site's 128 lanes (36 KiB for the 9 taps) did not: 8 -> 8 from 0.85 to
+/// 0.89-0.90 of the FMA peak, 8 -> 1 on half the sites 0.40 -> 0.43 (in one process, each order in
+/// turn). 8 -> 2 and the 1- and 2-channel inputs measured best with whole sites (2 packs: 8 -> 2
+/// 0.67 -> 0.50). The lane chunk changes no value: each lane's arithmetic is the same.
+template <class V>
+constexpr index_t conv_lane_packs(index_t cin, index_t cout) noexcept {
+  if constexpr (sizeof(V) >= 64) {
+    if (cin >= 4 && cout % 8 == 0) return 2;
+    if (cin >= 4 && cout == 1) return 4;
+  }
+  return conv_chunk_packs<V>;
+}
+
+/// The convolution a followed by the epilogue e, over every site and lane. The sites are split
+/// into one part per thread (contiguous runs of conv_item_site's order); a work item is one part
+/// and one lane chunk of conv_lane_packs packs, and sweeps the part's sites in order (with a
+/// single chunk, each site is an item). Items write disjoint outputs, so the split changes no bit.
 template <class T, class Exec>
 void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
   if (a.out_site == 0) a.out_site = offset_t(a.cout) * a.stride;
   using V = simd::native_pack<T>;
   constexpr index_t W = simd::pack_size<V>;
-  constexpr index_t C = conv_chunk_packs<V>;
+  const index_t C = conv_lane_packs<V>(a.cin, a.cout);
   const index_t packs = a.stride / W;
   const index_t chunks = (packs + C - 1) / C;
-  const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end;
+  const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end, n = s1 - s0;
+  if (n <= 0) return;
+  const index_t threads = std::is_same_v<Exec, exec::Serial> ? 1 : index_t(exec::max_threads());
+  const index_t parts = chunks == 1 ? n : std::clamp<index_t>(threads, 1, n);
   // Over the whole lattice with even/odd storage, the threads' static blocks of items should be
   // regions of the lattice, not parities: a thread that computes the even sites reads the odd
   // ones, which the other thread wrote. Items therefore alternate between the two halves of the
@@ -349,15 +376,26 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   // disjoint outputs.)
   const bool whole = s0 == 0 && s1 == a.volume;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
-    exec::parallel_for(exec, offset_t(s1 - s0) * chunks, [=](offset_t item) {
-      const index_t k = index_t(item / chunks), c = index_t(item % chunks);
-      const index_t s = whole ? conv_item_site(k, a.volume) : s0 + k;
-      if (c == 0 && k + conv_tape_prefetch_distance < s1 - s0) {
-        const index_t ahead = k + conv_tape_prefetch_distance;
-        prefetch_tape(e, a.out_site, a.cout, a.stride, whole ? conv_item_site(ahead, a.volume) : s0 + ahead);
+    // sites k0 <= k < k1 of the sweep, lanes [b0, b0 + np W)
+    auto sweep = [=](index_t k0, index_t k1, index_t b0, index_t np) {
+      for (index_t k = k0; k < k1; ++k) {
+        if (k + conv_tape_prefetch_distance < n) {
+          const index_t ahead = k + conv_tape_prefetch_distance;
+          prefetch_tape(e, a.out_site, a.cout, a.stride, whole ? conv_item_site(ahead, a.volume) : s0 + ahead, b0,
+                        b0 + np * W);
+        }
+        conv_item<V, Cin>(a, e, whole ? conv_item_site(k, a.volume) : s0 + k, b0, np);
       }
-      conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
-    });
+    };
+    if (chunks == 1) {  // one item per site (no division per item: 64-bit idivs cost a thin convolution 7%)
+      exec::parallel_for(exec, n, [=](offset_t k) { sweep(index_t(k), index_t(k) + 1, 0, packs); });
+    } else {
+      exec::parallel_for(exec, offset_t(parts) * chunks, [=](offset_t item) {
+        const index_t p = index_t(item / chunks), c = index_t(item % chunks);
+        const index_t k0 = index_t(offset_t(n) * p / parts), k1 = index_t(offset_t(n) * (p + 1) / parts);
+        sweep(k0, k1, c * C * W, std::min(C, packs - c * C));
+      });
+    }
   });
 }
 
@@ -660,6 +698,129 @@ NORMFLOW_ALWAYS_INLINE void wgrad_block_n(index_t jb, const T* g, const offset_t
   }
 }
 
+/// The weight gradient of a convolution from 8 input channels onto blocks of 8 output rows, with
+/// AVX-512 (wgrad_transposed): the input is first copied into a transposed layout in which one
+/// pack holds all 8 channels of E = W / 8 consecutive lanes (float: sample pairs; double: single
+/// samples),
+///   xt[u][q][i E + e] = x[i](u, q E + e)   (u an input site, q < stride / E, i < 8, e < E),
+/// so that the accumulator of (o, t) is one pack of lanes (i, e) and a register block of 8 rows x 3
+/// taps reads per E lanes of an output site 3 input packs and 8 gradient values broadcast 64 bits
+/// at a time (vbroadcastsd; lane (i, e) gets g[o](s, q E + e)): 24 FMAs per 3 pack loads and 8
+/// broadcasts, where the 4 x 5 block of wgrad_block needs 9 pack loads per 20 FMAs. (On this core
+/// every 512-bit load costs FMA throughput and a 64-bit broadcast almost none: 8 -> 8 at 8x8 x 128
+/// float, 0.96 of the FMA peak for the kernel alone against 0.70-0.79 for the 4 x 5 block, and
+/// 0.81-0.83 with the transposition counted; broadcasting 8 floats (vbroadcastf32x8) instead cost
+/// as much as a load: 0.84.) The transposition is an 8 x 8 transpose of 64-bit elements per 8
+/// packs (three rounds of 8 shuffles). Each output entry sums, per lane (i, e), the sites and
+/// packs in order, as wgrad_block; the lanes of one i are added at the end (wgrad_reduce).
+template <class T>
+constexpr bool wgrad_transposed(index_t cin, index_t cout) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(simd::native_pack<T>) == 64 && (std::is_same_v<T, float> || std::is_same_v<T, double>))
+    return cin == 8 && cout > 0 && cout % 8 == 0;
+#endif
+  (void)cin, (void)cout;
+  return false;
+}
+
+/// x (one site: channel i at x + i stride, stride lanes) into the layout of wgrad_transposed at
+/// xt (8 stride elements).
+template <class T>
+NORMFLOW_ALWAYS_INLINE void wgrad_transpose_site(const T* NORMFLOW_RESTRICT x, index_t stride,
+                                                 T* NORMFLOW_RESTRICT xt) noexcept {
+#if defined(__AVX512F__)
+  constexpr index_t W = index_t(64 / sizeof(T));
+  for (index_t b0 = 0; b0 < stride; b0 += W) {
+    // 8 packs of 8 64-bit elements (float: lane pairs) -> element e of every pack, for each e
+    __m512d v[8], a[8], c[8];
+    for (index_t i = 0; i < 8; ++i) v[i] = _mm512_load_pd(x + offset_t(i) * stride + b0);
+    for (index_t i = 0; i < 4; ++i) {  // a[2i] = elements 0 2 4 6 of packs 2i, 2i + 1 interleaved
+      a[2 * i] = _mm512_unpacklo_pd(v[2 * i], v[2 * i + 1]);
+      a[2 * i + 1] = _mm512_unpackhi_pd(v[2 * i], v[2 * i + 1]);
+    }
+    for (index_t h = 0; h < 2; ++h)  // c[4h + 2p + q]: elements 2q + p and 2q + 4 + p of packs 4h..4h+3
+      for (index_t p = 0; p < 2; ++p) {
+        c[4 * h + 2 * p] = _mm512_shuffle_f64x2(a[4 * h + p], a[4 * h + 2 + p], 0x88);
+        c[4 * h + 2 * p + 1] = _mm512_shuffle_f64x2(a[4 * h + p], a[4 * h + 2 + p], 0xDD);
+      }
+    T* out = xt + offset_t(b0) * 8;
+    for (index_t p = 0; p < 2; ++p)
+      for (index_t q = 0; q < 2; ++q) {
+        _mm512_store_pd(out + (2 * q + p) * W, _mm512_shuffle_f64x2(c[2 * p + q], c[4 + 2 * p + q], 0x88));
+        _mm512_store_pd(out + (2 * q + 4 + p) * W, _mm512_shuffle_f64x2(c[2 * p + q], c[4 + 2 * p + q], 0xDD));
+      }
+  }
+#else
+  (void)x, (void)stride, (void)xt;
+#endif
+}
+
+#if defined(__AVX512F__)
+/// The AVX-512 register of T (__m512 or __m512d; a function, as std::conditional_t drops the
+/// vector types' attributes).
+template <class T>
+auto wgrad_t_register() noexcept {
+  if constexpr (std::is_same_v<T, float>) return __m512{}; else return __m512d{};
+}
+#endif
+
+/// One register block of the transposed weight gradient (see wgrad_transposed): for o < 8, j < Tb
+///   part[o pstride + j] += sum_{k < n} sum_q g[o](k, q E + e) xt(off[j tile + k])[q][i E + e]
+/// (one pack per entry, lanes (i, e)), g[o](k, .) at g + goff[k] + o stride. Sum order: sites
+/// ascending, lane groups q ascending, onto the running partial.
+template <class T, index_t Tb>
+NORMFLOW_NOINLINE void wgrad_block_t(const T* NORMFLOW_RESTRICT g0, const offset_t* NORMFLOW_RESTRICT goff,
+                                     const T* NORMFLOW_RESTRICT xt, const offset_t* NORMFLOW_RESTRICT off, index_t tile,
+                                     index_t n, index_t stride, T* NORMFLOW_RESTRICT part, index_t pstride) noexcept {
+#if defined(__AVX512F__)
+  constexpr index_t W = index_t(64 / sizeof(T)), E = W / 8;
+  using R = decltype(wgrad_t_register<T>());
+  auto load = [](const T* p) -> R {
+    if constexpr (std::is_same_v<T, float>) return _mm512_load_ps(p); else return _mm512_load_pd(p);
+  };
+  auto bcast = [](const T* p) -> R {  // the 64 bits at p in every 64-bit element (vbroadcastsd)
+    double d;
+    std::memcpy(&d, p, sizeof d);
+    if constexpr (std::is_same_v<T, float>) return _mm512_castpd_ps(_mm512_set1_pd(d)); else return _mm512_set1_pd(d);
+  };
+  auto fma = [](R x, R y, R z) -> R {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(x, y, z); else return _mm512_fmadd_pd(x, y, z);
+  };
+  R acc[8][Tb];
+  for (index_t o = 0; o < 8; ++o)
+    for (index_t j = 0; j < Tb; ++j) acc[o][j] = load(part + (offset_t(o) * pstride + j) * W);
+  index_t k = 0;
+  do {
+    const T* NORMFLOW_RESTRICT xj[Tb];
+    for (index_t j = 0; j < Tb; ++j) xj[j] = xt + off[offset_t(j) * tile + k];
+    const T* NORMFLOW_RESTRICT g = g0 + goff[k];
+    index_t q = 0;
+    do {
+      R xv[Tb];
+      for (index_t j = 0; j < Tb; ++j) xv[j] = load(xj[j] + offset_t(q) * 8);
+#pragma GCC unroll 8
+      for (index_t o = 0; o < 8; ++o) {
+        const R gv = bcast(g + offset_t(o) * stride + q);
+        for (index_t j = 0; j < Tb; ++j) acc[o][j] = fma(gv, xv[j], acc[o][j]);
+      }
+      q += E;
+    } while (q < stride);
+  } while (++k < n);
+  for (index_t o = 0; o < 8; ++o)
+    for (index_t j = 0; j < Tb; ++j) {
+      if constexpr (std::is_same_v<T, float>)
+        _mm512_store_ps(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
+      else
+        _mm512_store_pd(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
+    }
+#else
+  (void)g0, (void)goff, (void)xt, (void)off, (void)tile, (void)n, (void)stride, (void)part, (void)pstride;
+#endif
+}
+
+/// Taps per register block of the transposed weight gradient (8 rows x 3 taps: 24 accumulators).
+inline constexpr index_t wgrad_t_taps = 3;
+
 /// Partial sums one weight-gradient work unit leaves (elements of T, an upper bound over the
 /// row-block widths: Ob x channels x taps packs).
 template <class T>
@@ -675,10 +836,40 @@ inline constexpr std::size_t wgrad_unit_partials =
 /// each summed in the fixed order tiles, sites, packs. A chunk may be done in several calls over
 /// consecutive runs of its tiles ([s_begin, s_end) starting at a tile boundary of the chunk, in
 /// order): the first with zero = true (it clears out), the others adding to out: the same sums.
+/// Ob = 8: the transposed weight gradient (wgrad_transposed; i0 = 0, i1 = 8), reading the
+/// transposed input xt (wgrad_transposed_input); the pack of (o, t) at (o nt + t) W.
 template <class V, index_t Ob, class T>
 void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
                 index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out, bool zero = true) noexcept {
   constexpr index_t W = simd::pack_size<V>;
+  if constexpr (Ob == 8) {
+    constexpr index_t tile = wgrad_tile_sites;
+    alignas(64) offset_t off[wgrad_group_taps * tile];
+    offset_t goff[tile];
+    const T* xt = wgrad_transposed_input(a);
+    if (zero) std::fill(out, out + 8 * nt * W, T(0));
+    const index_t nblocks = (nt + wgrad_t_taps - 1) / wgrad_t_taps;
+    const offset_t xt_site = offset_t(8) * a.stride;
+    for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
+      const index_t n = std::min(tile, s_end - s0);
+      for (index_t t = 0; t < nt; ++t)
+        for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * xt_site;
+      for (index_t k = 0; k < n; ++k) goff[k] = offset_t(a.gz_pos ? a.gz_pos[s0 + k] : s0 + k) * a.gz_site;
+      const T* g = a.gz + offset_t(o0) * a.stride;
+      for (index_t q = 0; q < nblocks; ++q) {
+        const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
+        T* part = out + offset_t(j0) * W;
+        const offset_t* o = off + j0 * tile;
+        switch (j1 - j0) {
+          case 3: wgrad_block_t<T, 3>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
+          case 2: wgrad_block_t<T, 2>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
+          default: wgrad_block_t<T, 1>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
+        }
+      }
+    }
+    (void)i0, (void)i1;
+    return;
+  }
   constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
   constexpr index_t tile = wgrad_tile_sites;
   alignas(64) offset_t off[wgrad_group_taps * tile];
@@ -712,6 +903,24 @@ void wgrad_reduce(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, 
   constexpr index_t W = simd::pack_size<V>;
   const index_t nc = i1 - i0;
   const offset_t cols = offset_t(a.cin) * a.ntaps;
+  if constexpr (Ob == 8) {  // transposed: the pack of (o, t) holds lanes (i, e), e < E
+    constexpr index_t E = W / 8;
+    for (index_t o = 0; o < 8; ++o)
+      for (index_t t = 0; t < nt; ++t) {
+        const std::size_t at = std::size_t((offset_t(o) * nt + t) * W);
+        V sum(T(0));
+        for (index_t ch = 0; ch < nchunks; ++ch) sum += simd::load<V>(partials + std::size_t(ch) * chunk_stride + at);
+        alignas(64) T lanes[W];
+        simd::store(lanes, sum);
+        for (index_t i = 0; i < 8; ++i) {
+          T v = lanes[i * E];
+          for (index_t e = 1; e < E; ++e) v += lanes[i * E + e];
+          a.grad_weight[(o0 + o) * cols + offset_t(i) * a.ntaps + t0 + t] += v;
+        }
+      }
+    (void)nc, (void)i0;
+    return;
+  }
   for (index_t o = 0; o < Ob; ++o)
     for (index_t c = 0; c < nc; ++c)
       for (index_t t = 0; t < nt; ++t) {
@@ -760,20 +969,23 @@ inline constexpr index_t wgrad_chunk_sites = 64;
 /// Chunks: the output sites [s_begin, s_end) in runs of wgrad_chunk_sites; over the whole lattice
 /// (even volume) the chunks alternate between the two halves of the storage range, as the items of
 /// conv_forward do, so that a thread's consecutive chunks cover the same rows of both parities.
+/// transposed (wgrad_transposed): items of 8 rows and all 8 input channels.
 struct WgradPlan {
   index_t nrows, nchan, ngroups, nitems, nchunks;
   index_t s_begin, s_end, half;
-  bool alternate;
-  WgradPlan(index_t cin, index_t cout, index_t ntaps, index_t begin, index_t end, index_t volume) noexcept
-      : nrows(wgrad_nrows(cout)),
-        nchan((cin + wgrad_group_channels - 1) / wgrad_group_channels),
+  bool alternate, transposed;
+  WgradPlan(index_t cin, index_t cout, index_t ntaps, index_t begin, index_t end, index_t volume,
+            bool transposed_ = false) noexcept
+      : nrows(transposed_ ? cout / 8 : wgrad_nrows(cout)),
+        nchan(transposed_ ? 1 : (cin + wgrad_group_channels - 1) / wgrad_group_channels),
         ngroups((ntaps + wgrad_group_taps - 1) / wgrad_group_taps),
         nitems(nrows * nchan * ngroups),
         nchunks(0),
         s_begin(begin),
         s_end(end),
         half(volume / 2),
-        alternate(begin == 0 && end == volume && volume % 2 == 0 && volume > 0) {
+        alternate(begin == 0 && end == volume && volume % 2 == 0 && volume > 0),
+        transposed(transposed_) {
     nchunks = alternate ? 2 * ((half + wgrad_chunk_sites - 1) / wgrad_chunk_sites)
                         : std::max<index_t>(1, (end - begin + wgrad_chunk_sites - 1) / wgrad_chunk_sites);
   }
@@ -792,20 +1004,67 @@ struct WgradPlan {
   void item(index_t k, index_t cin, index_t cout, index_t ntaps, WgradRows& r, index_t& i0, index_t& i1, index_t& t0,
             index_t& t1) const noexcept {
     const index_t per_row = nchan * ngroups;
-    r = wgrad_row(cout, k / per_row);
+    r = transposed ? WgradRows{8 * (k / per_row), 8} : wgrad_row(cout, k / per_row);
     const index_t ci = k % per_row / ngroups, q = k % ngroups;
     i0 = index_t(offset_t(ci) * cin / nchan), i1 = index_t(offset_t(ci + 1) * cin / nchan);
     t0 = index_t(offset_t(q) * ntaps / ngroups), t1 = index_t(offset_t(q + 1) * ntaps / ngroups);
   }
 };
 
-/// Scratch (elements of T) conv_param_grad needs for a convolution cin -> cout with ntaps taps
-/// whose gradient gz is nonzero on `sites` output sites.
-/// (An upper bound for any sub-range: whole-lattice chunks alternate between the halves.)
+/// The plan of a weight gradient of T (transposed where wgrad_transposed<T>).
 template <class T>
-std::size_t conv_param_grad_scratch(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept {
-  const WgradPlan plan(cin, cout, ntaps, 0, sites, sites);
+WgradPlan wgrad_plan(index_t cin, index_t cout, index_t ntaps, index_t begin, index_t end, index_t volume) noexcept {
+  return WgradPlan(cin, cout, ntaps, begin, end, volume, wgrad_transposed<T>(cin, cout));
+}
+/// Elements of the partial sums at the start of the scratch (an upper bound for any sub-range).
+template <class T>
+std::size_t wgrad_partials_size(index_t cin, index_t cout, index_t ntaps, index_t sites) noexcept {
+  const WgradPlan plan = wgrad_plan<T>(cin, cout, ntaps, 0, sites, sites);
   return std::size_t(plan.nitems) * std::size_t(plan.nchunks) * wgrad_unit_partials<T>;
+}
+/// Scratch (elements of T) conv_param_grad needs for a convolution cin -> cout with ntaps taps on
+/// `sites` sites and `stride` lanes: the partial sums, then for a transposed weight gradient the
+/// transposed input (sites x 8 x stride; see wgrad_transposed).
+/// (And after it one flag per site, for the wavefront's transposition on demand.)
+template <class T>
+std::size_t conv_param_grad_scratch(index_t cin, index_t cout, index_t ntaps, index_t sites, index_t stride) noexcept {
+  constexpr std::size_t W = std::size_t(simd::pack_size<simd::native_pack<T>>);
+  return wgrad_partials_size<T>(cin, cout, ntaps, sites) +
+         (wgrad_transposed<T>(cin, cout) ? std::size_t(sites) * 8 * std::size_t(stride) + (std::size_t(sites) + W - 1) / W * W
+                                         : 0);
+}
+/// Where the transposed input of a's weight gradient lies in a.scratch.
+template <class T>
+T* wgrad_transposed_input(const ConvGradArgs<T>& a) noexcept {
+  return a.scratch + wgrad_partials_size<T>(a.cin, a.cout, a.ntaps, a.volume);
+}
+/// Transposes a's input at the sites [u0, u1) into wgrad_transposed_input(a) (a transposed plan).
+template <class T>
+void wgrad_transpose_input(const ConvGradArgs<T>& a, index_t u0, index_t u1) noexcept {
+  T* xt = wgrad_transposed_input(a);
+  for (index_t u = u0; u < u1; ++u)
+    wgrad_transpose_site(a.in + offset_t(u) * a.in_site, a.stride, xt + offset_t(u) * 8 * a.stride);
+}
+/// The wavefront's flags (one T per site, 0 or 1) of the sites already transposed.
+template <class T>
+T* wgrad_transposed_flags(const ConvGradArgs<T>& a) noexcept {
+  return wgrad_transposed_input(a) + offset_t(a.volume) * 8 * a.stride;
+}
+/// Transposes the input sites that the taps of the output sites [s0, s1) read and that are not
+/// yet flagged (a transposed plan; one thread): the wavefront transposes each input site when the
+/// first weight-gradient tile that reads it runs, so the copy is read back from L2 (transposed all
+/// at once, on 32x32 the copy of 2 MB per chunk of 64 float samples had left L2 by then).
+template <class T>
+void wgrad_transpose_taps(const ConvGradArgs<T>& a, index_t s0, index_t s1) noexcept {
+  T* done = wgrad_transposed_flags(a);
+  for (index_t s = s0; s < s1; ++s)
+    for (index_t t = 0; t < a.ntaps; ++t) {
+      const index_t u = a.taps[offset_t(t) * a.volume + s];
+      if (done[u] == T(0)) {
+        wgrad_transpose_input(a, u, u + 1);
+        done[u] = T(1);
+      }
+    }
 }
 
 /// Adds the weight and bias gradients of one convolution. The output sites are split into chunks
@@ -820,7 +1079,9 @@ NORMFLOW_ALWAYS_INLINE void wgrad_dispatch(const ConvGradArgs<T>& a, const Wgrad
   WgradRows r;
   index_t i0, i1, t0, t1;
   plan.item(k, a.cin, a.cout, a.ntaps, r, i0, i1, t0, t1);
-  if (r.ob == 4)
+  if (r.ob == 8)
+    f(std::integral_constant<index_t, 8>{}, r.o0, i0, i1, t0, t1 - t0);
+  else if (r.ob == 4)
     f(std::integral_constant<index_t, 4>{}, r.o0, i0, i1, t0, t1 - t0);
   else if (r.ob == 2)
     f(std::integral_constant<index_t, 2>{}, r.o0, i0, i1, t0, t1 - t0);
@@ -889,9 +1150,11 @@ void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
   if (a.gz_site == 0) a.gz_site = offset_t(a.cout) * a.stride;
   if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
   const index_t s_begin = a.site_begin, s_end = a.site_end < 0 ? a.volume : a.site_end;
-  const WgradPlan plan(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
+  const WgradPlan plan = wgrad_plan<T>(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
   NORMFLOW_ASSERT(a.scratch != nullptr);
   if (s_end > s_begin) {
+    if (plan.transposed)  // every site: the taps of any output site may reach it
+      exec::parallel_for(exec, a.volume, [&](offset_t u) { wgrad_transpose_input(a, index_t(u), index_t(u) + 1); });
     exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
       wgrad_chunk_item(a, plan, index_t(u / plan.nitems), index_t(u % plan.nitems));
     });
@@ -943,11 +1206,13 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
   NORMFLOW_ASSERT(g.scratch != nullptr && conv_backward_fusable(exec, g, a));
   using V = simd::native_pack<T>;
   constexpr index_t W = simd::pack_size<V>;
-  constexpr index_t C = conv_chunk_packs<V>;
+  const index_t C = conv_lane_packs<V>(a.cin, a.cout);
   const index_t volume = g.volume, half = volume / 2;
   const index_t g_end = g.site_end < 0 ? volume : g.site_end, a_end = a.site_end < 0 ? volume : a.site_end;
   const int g_par = parity_blocks(g.site_begin, g_end, volume), a_par = parity_blocks(a.site_begin, a_end, volume);
-  const WgradPlan plan(g.cin, g.cout, g.ntaps, g.site_begin, g_end, volume);
+  const WgradPlan plan = wgrad_plan<T>(g.cin, g.cout, g.ntaps, g.site_begin, g_end, volume);
+  if (plan.transposed && g_end > g.site_begin)
+    exec::parallel_for(exec, volume, [&](offset_t u) { wgrad_transpose_input(g, index_t(u), index_t(u) + 1); });
   const index_t per_half = (half + wgrad_chunk_sites - 1) / wgrad_chunk_sites;
   const index_t packs = a.stride / W, lane_chunks = (packs + C - 1) / C;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
@@ -955,10 +1220,13 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
       const index_t h = index_t(u % 2), j = index_t(u / 2);  // parity h, chunk j of it
       const index_t c0 = h * half + j * wgrad_chunk_sites, c1 = std::min((h + 1) * half, c0 + wgrad_chunk_sites);
       if (a_par & (1 << h))
-        for (index_t s = c0; s < c1; ++s) {
-          if (s + conv_tape_prefetch_distance < c1)
-            prefetch_tape(e, a.out_site, a.cout, a.stride, s + conv_tape_prefetch_distance);
-          for (index_t c = 0; c < lane_chunks; ++c) conv_item<V, Cin>(a, e, s, c * C * W, std::min(C, packs - c * C));
+        for (index_t c = 0; c < lane_chunks; ++c) {  // lane chunks outer, as in conv_forward
+          const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
+          for (index_t s = c0; s < c1; ++s) {
+            if (s + conv_tape_prefetch_distance < c1)
+              prefetch_tape(e, a.out_site, a.cout, a.stride, s + conv_tape_prefetch_distance, b0, b0 + np * W);
+            conv_item<V, Cin>(a, e, s, b0, np);
+          }
         }
       if (g_par & (1 << h)) {
         // the plan's chunk of these sites: alternating over the lattice, or chunk j of one parity
@@ -1043,7 +1311,11 @@ void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<con
   // layer 0's tiles, in order: chunk by chunk, each from its start
   const ConvGradArgs<T>& g0 = g[0];
   const index_t g0_end = g0.site_end < 0 ? g0.volume : g0.site_end;
-  const WgradPlan p0(g0.cin, g0.cout, g0.ntaps, g0.site_begin, g0_end, g0.volume);
+  const WgradPlan p0 = wgrad_plan<T>(g0.cin, g0.cout, g0.ntaps, g0.site_begin, g0_end, g0.volume);
+  for (index_t j = 0; j < L; ++j) {  // no input site transposed yet (see wgrad_transpose_taps)
+    const ConvGradArgs<T>& gj = g[std::size_t(j)];
+    if (wgrad_transposed<T>(gj.cin, gj.cout)) std::fill_n(wgrad_transposed_flags(gj), gj.volume, T(0));
+  }
   index_t ch0 = 0, t0 = 0;  // next tile of layer 0: chunk ch0, from site t0 (or the chunk's start)
   const index_t nch0 = g0_end > g0.site_begin ? p0.nchunks : 0;
   auto layer0_tiles = [&](index_t run) {  // the tiles adjoint layer 0 has passed by `run` (all: run < 0)
@@ -1065,6 +1337,7 @@ void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<con
               if (p - k <= g0.volume / 2 && plan.run_of0[std::size_t(p)] > run) return;
             }
           }
+        if (p0.transposed) wgrad_transpose_taps(g0, t0, t1);
         for (index_t k = 0; k < p0.nitems; ++k) wgrad_tile_item(g0, p0, ch0, k, t0, t1, t0 == c0);
       }
     }
@@ -1075,7 +1348,8 @@ void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<con
     for (index_t i = plan.tiles_after[r]; i < plan.tiles_after[r + 1]; ++i) {
       const WgradTiles& t = plan.tiles[std::size_t(i)];
       const ConvGradArgs<T>& gj = g[std::size_t(t.layer)];
-      const WgradPlan pj(gj.cin, gj.cout, gj.ntaps, 0, gj.volume, gj.volume);
+      const WgradPlan pj = wgrad_plan<T>(gj.cin, gj.cout, gj.ntaps, 0, gj.volume, gj.volume);
+      if (pj.transposed) wgrad_transpose_taps(gj, t.s0, t.s1);
       for (index_t k = 0; k < pj.nitems; ++k) wgrad_tile_item(gj, pj, t.chunk, k, t.s0, t.s1, t.first);
     }
     if (run.layer == 0) layer0_tiles(index_t(r));
@@ -1084,7 +1358,7 @@ void conv_backward_wavefront(std::span<const ConvKernelArgs<T>> a, std::span<con
   for (index_t j = 0; j < L; ++j) {
     const ConvGradArgs<T>& gj = g[std::size_t(j)];
     const index_t end = gj.site_end < 0 ? gj.volume : gj.site_end;
-    wgrad_finish(exec::Serial{}, gj, WgradPlan(gj.cin, gj.cout, gj.ntaps, gj.site_begin, end, gj.volume));
+    wgrad_finish(exec::Serial{}, gj, wgrad_plan<T>(gj.cin, gj.cout, gj.ntaps, gj.site_begin, end, gj.volume));
   }
 }
 

@@ -515,7 +515,7 @@ class ConvStack {
     for (index_t j = 0; j < L; ++j) {
       const index_t l = L - 1 - j;
       if (j + 1 < L) ring_total += std::size_t(rp.slots[std::size_t(j)]) * std::size_t(site_stride(in_channels(l), stride));
-      wgrad_total += detail::conv_param_grad_scratch<T>(in_channels(l), out_channels(l), m_taps_count, volume);
+      wgrad_total += detail::conv_param_grad_scratch<T>(in_channels(l), out_channels(l), m_taps_count, volume, stride);
     }
     T* ring = detail::thread_scratch<T>(detail::ScratchSlot::conv_ring, ring_total);
     T* wscratch = grads.empty() ? nullptr : detail::thread_scratch<T>(detail::ScratchSlot::conv_wgrad, wgrad_total);
@@ -533,7 +533,7 @@ class ConvStack {
             grad_args(l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
         gargs.gz_pos = in_pos;
         if (j == 0) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
-        wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume);
+        wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume, stride);
         ws.m_gargs[std::size_t(j)] = gargs;
       }
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
@@ -588,7 +588,7 @@ class ConvStack {
       max_g = std::max({max_g, sites(in_channels(l)), sites(out_channels(l))});
       max_w = std::max(max_w, in_channels(l) * out_channels(l) * m_taps_count);
       max_scratch = std::max(max_scratch, detail::conv_param_grad_scratch<T>(in_channels(l), out_channels(l),
-                                                                              m_taps_count, volume));
+                                                                              m_taps_count, volume, stride));
     }
     ws.m_batch = batch;
     ws.m_stride = stride;
