@@ -44,15 +44,17 @@
 ///                                     (masked) + C theta + sum_j H_j activations h; silu also
 ///                                     keeps the pre-activations z: + sum_j H_j)
 ///   transient, once per thread (detail/thread_scratch.hpp): V (1 g_cond + C g_theta + 2 c_max
-///                                     ConvStack cotangents); once per flow: 2 V (the forward's
-///                                     ping-pong intermediates) and 2 V (the adjoint's)
+///                                     ConvStack cotangents + 8 the transposed input of an 8 -> 8k
+///                                     weight gradient, detail::wgrad_transposed); once per flow:
+///                                     2 V (the forward's ping-pong intermediates) and 2 V (the
+///                                     adjoint's)
 /// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
 /// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
 /// to a few hundred KB, are thread scratch too.)
 /// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 21 V per layer; on 8x8 in float 5 376 bytes per
 /// layer and sample, so W1 (16 layers, batch 128) keeps 11.0 MB, plus 4 V per sample per flow,
-/// 19 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
-/// and again for its chunks (12 V): 0.84 MB on W1 at one thread.
+/// 27 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
+/// and again for its chunks (12 V): 0.97 MB on W1 at one thread.
 /// Spline C = 13: 32 V per layer.
 
 #include <algorithm>
@@ -861,7 +863,7 @@ void print_table() {
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
               "Activation memory per coupling and sample: 21 V sizeof(T) (affine, tanh, H = (8, 8)), plus 4 V per "
-              "flow, 19 V per thread and chunk sample, 12 V in the training step's fields; W1: 5376 B per layer and "
+              "flow, 27 V per thread and chunk sample, 12 V in the training step's fields; W1: 5376 B per layer and "
               "sample, 11.0 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");
