@@ -192,7 +192,8 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
 
 /// conv_block_body, out of line for the wide blocks (GCC's code for them depends on where they
 /// are inlined: measured 67% instead of 82% of the FMA peak for 8 -> 8 in one build), inline for
-/// one or two input channels (short loops, where the call costs).
+/// one input channel (short loops, where the call costs; two channels measured 0.66 inline and
+/// 0.69 out of line in one process). (The sweeps use conv_sweep, with every block inline.)
 template <class V, index_t Ob, index_t Pb, index_t Cin, class T>
 NORMFLOW_NOINLINE void conv_block_outline(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0,
                                           index_t b0) noexcept {
@@ -211,7 +212,7 @@ NORMFLOW_NOINLINE void conv_blocks_outline(const ConvKernelArgs<T>& a, T* out, i
 }
 template <class V, index_t Ob, index_t Pb, index_t Cin, class T>
 NORMFLOW_ALWAYS_INLINE void conv_block(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0) noexcept {
-  if constexpr (Cin == 1 || Cin == 2)
+  if constexpr (Cin == 1)
     conv_block_body<V, Ob, Pb, Cin>(a, out, s, o0, b0);
   else
     conv_block_outline<V, Ob, Pb, Cin>(a, out, s, o0, b0);
@@ -224,7 +225,7 @@ template <class V, index_t Ob, index_t Cin, index_t Pb = std::min(conv_accumulat
 inline void conv_rows(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0, index_t np) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   index_t p = 0;
-  if constexpr (Cin == 1 || Cin == 2) {
+  if constexpr (Cin == 1) {
     for (; p + Pb <= np; p += Pb) conv_block<V, Ob, Pb, Cin>(a, out, s, o0, b0 + p * W);
   } else if (np >= Pb) {
     conv_blocks_outline<V, Ob, Pb, Cin>(a, out, s, o0, b0, np / Pb);
@@ -305,6 +306,55 @@ inline void conv_item(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_
   conv_epilogue<V>(e, a.cout, a.stride, a.out_site, s, a.out_pos ? a.out_pos[s] : s, b0, np);
 }
 
+/// The order of conv_forward's work items over the whole lattice: item k is storage position
+/// conv_item_site(k, volume). With an even volume the items alternate between the two halves of
+/// the storage range (site k / 2 of the first half, then of the second), else k itself.
+inline index_t conv_item_site(index_t k, index_t volume) noexcept {
+  return volume % 2 == 0 ? (k % 2) * (volume / 2) + k / 2 : k;
+}
+/// The inverse of conv_item_site: the item of storage position s.
+inline index_t conv_site_item(index_t s, index_t volume) noexcept {
+  if (volume % 2 != 0) return s;
+  const index_t half = volume / 2;
+  return s < half ? 2 * s : 2 * (s - half) + 1;
+}
+
+/// conv_rows with every register block inline (for conv_sweep).
+template <class V, index_t Ob, index_t Cin, index_t Pb = std::min(conv_accumulators<V> / Ob, conv_chunk_packs<V>),
+          class T>
+NORMFLOW_ALWAYS_INLINE void conv_rows_inline(const ConvKernelArgs<T>& a, T* out, index_t s, index_t o0, index_t b0,
+                                             index_t np) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  index_t p = 0;
+  for (; p + Pb <= np; p += Pb) conv_block_body<V, Ob, Pb, Cin>(a, out, s, o0, b0 + p * W);
+  if constexpr (Pb > 1) {
+    if (p < np) conv_rows_inline<V, Ob, Cin, Pb / 2>(a, out, s, o0, b0 + p * W, np - p);
+  }
+}
+
+/// A sweep of conv_item over the sites k0 <= k < k1 of a site order (whole: storage position
+/// conv_item_site(k); else s0 + k; n sites in all), lanes [b0, b0 + np W), with the tape prefetch
+/// conv_tape_prefetch_distance sites ahead, in one out-of-line call: one call per site and register
+/// block (conv_item) cost 8 -> 8 about 5% of the FMA peak in calls and set-up (0.80 -> 0.85 in
+/// one process).
+template <class V, index_t Cin, class T>
+NORMFLOW_NOINLINE void conv_sweep(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_t k0, index_t k1,
+                                  index_t s0, index_t n, bool whole, index_t b0, index_t np) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  for (index_t k = k0; k < k1; ++k) {
+    if (k + conv_tape_prefetch_distance < n) {
+      const index_t ahead = k + conv_tape_prefetch_distance;
+      prefetch_tape(e, a.out_site, a.cout, a.stride, whole ? conv_item_site(ahead, a.volume) : s0 + ahead, b0,
+                    b0 + np * W);
+    }
+    const index_t s = whole ? conv_item_site(k, a.volume) : s0 + k;
+    for_each_out_block(a.cout, [&](index_t o0, auto ob) {
+      conv_rows_inline<V, decltype(ob)::value, Cin>(a, e.out, s, o0, b0, np);
+    });
+    conv_epilogue<V>(e, a.cout, a.stride, a.out_site, s, a.out_pos ? a.out_pos[s] : s, b0, np);
+  }
+}
+
 /// Calls f(std::integral_constant<index_t, Cin>{}) with Cin = cin for the common channel counts
 /// 1, 2, 4, 8, 16 (kernels specialised for them), else Cin = 0 (any count).
 template <class F>
@@ -317,19 +367,6 @@ NORMFLOW_ALWAYS_INLINE void with_channels(index_t cin, F&& f) {
     case 16: f(std::integral_constant<index_t, 16>{}); return;
     default: f(std::integral_constant<index_t, 0>{}); return;
   }
-}
-
-/// The order of conv_forward's work items over the whole lattice: item k is storage position
-/// conv_item_site(k, volume). With an even volume the items alternate between the two halves of
-/// the storage range (site k / 2 of the first half, then of the second), else k itself.
-inline index_t conv_item_site(index_t k, index_t volume) noexcept {
-  return volume % 2 == 0 ? (k % 2) * (volume / 2) + k / 2 : k;
-}
-/// The inverse of conv_item_site: the item of storage position s.
-inline index_t conv_site_item(index_t s, index_t volume) noexcept {
-  if (volume % 2 != 0) return s;
-  const index_t half = volume / 2;
-  return s < half ? 2 * s : 2 * (s - half) + 1;
 }
 
 /// Packs per lane chunk of the layer-by-layer sweeps (conv_forward, conv_backward_fused's
@@ -353,8 +390,8 @@ constexpr index_t conv_lane_packs(index_t cin, index_t cout) noexcept {
 
 /// The convolution a followed by the epilogue e, over every site and lane. The sites are split
 /// into one part per thread (contiguous runs of conv_item_site's order); a work item is one part
-/// and one lane chunk of conv_lane_packs packs, and sweeps the part's sites in order (with a
-/// single chunk, each site is an item). Items write disjoint outputs, so the split changes no bit.
+/// and one lane chunk of conv_lane_packs packs, and sweeps the part's sites in order (conv_sweep).
+/// Items write disjoint outputs, so the split changes no bit.
 template <class T, class Exec>
 void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   if (a.in_site == 0) a.in_site = offset_t(a.cin) * a.stride;
@@ -367,35 +404,19 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   const index_t s0 = a.site_begin, s1 = a.site_end < 0 ? a.volume : a.site_end, n = s1 - s0;
   if (n <= 0) return;
   const index_t threads = std::is_same_v<Exec, exec::Serial> ? 1 : index_t(exec::max_threads());
-  const index_t parts = chunks == 1 ? n : std::clamp<index_t>(threads, 1, n);
-  // Over the whole lattice with even/odd storage, the threads' static blocks of items should be
-  // regions of the lattice, not parities: a thread that computes the even sites reads the odd
-  // ones, which the other thread wrote. Items therefore alternate between the two halves of the
-  // storage range (site k / 2 of the first half, then of the second), so a block of consecutive
-  // items covers the same rows of both parities. (Any order gives the same bits: items write
-  // disjoint outputs.)
+  const index_t parts = std::clamp<index_t>(threads, 1, n);
+  // Over the whole lattice with even/odd storage, the threads' parts should be regions of the
+  // lattice, not parities: a thread that computes the even sites reads the odd ones, which the
+  // other thread wrote. The sweep therefore alternates between the two halves of the storage range
+  // (site k / 2 of the first half, then of the second), so a run of consecutive sites covers the
+  // same rows of both parities. (Any order gives the same bits: sites write disjoint outputs.)
   const bool whole = s0 == 0 && s1 == a.volume;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
-    // sites k0 <= k < k1 of the sweep, lanes [b0, b0 + np W)
-    auto sweep = [=](index_t k0, index_t k1, index_t b0, index_t np) {
-      for (index_t k = k0; k < k1; ++k) {
-        if (k + conv_tape_prefetch_distance < n) {
-          const index_t ahead = k + conv_tape_prefetch_distance;
-          prefetch_tape(e, a.out_site, a.cout, a.stride, whole ? conv_item_site(ahead, a.volume) : s0 + ahead, b0,
-                        b0 + np * W);
-        }
-        conv_item<V, Cin>(a, e, whole ? conv_item_site(k, a.volume) : s0 + k, b0, np);
-      }
-    };
-    if (chunks == 1) {  // one item per site (no division per item: 64-bit idivs cost a thin convolution 7%)
-      exec::parallel_for(exec, n, [=](offset_t k) { sweep(index_t(k), index_t(k) + 1, 0, packs); });
-    } else {
-      exec::parallel_for(exec, offset_t(parts) * chunks, [=](offset_t item) {
-        const index_t p = index_t(item / chunks), c = index_t(item % chunks);
-        const index_t k0 = index_t(offset_t(n) * p / parts), k1 = index_t(offset_t(n) * (p + 1) / parts);
-        sweep(k0, k1, c * C * W, std::min(C, packs - c * C));
-      });
-    }
+    exec::parallel_for(exec, offset_t(parts) * chunks, [=](offset_t item) {
+      const index_t p = index_t(item / chunks), c = index_t(item % chunks);
+      const index_t k0 = index_t(offset_t(n) * p / parts), k1 = index_t(offset_t(n) * (p + 1) / parts);
+      conv_sweep<V, Cin>(a, e, k0, k1, s0, n, whole, c * C * W, std::min(C, packs - c * C));
+    });
   });
 }
 
@@ -521,6 +542,11 @@ void conv_wavefront_run(ConvKernelArgs<T> args, const ConvOutput<T>& out, const 
   const index_t packs = args.stride / W, chunks = (packs + C - 1) / C;
   const index_t s0 = args.site_begin, s1 = args.site_end < 0 ? args.volume : args.site_end;
   with_channels(args.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
+    if (s0 == 0 && s1 == args.volume) {  // the whole lattice: one sweep per lane chunk
+      for (index_t c = 0; c < chunks; ++c)
+        conv_sweep<V, Cin>(args, out, r.k0, r.k1, 0, args.volume, true, c * C * W, std::min(C, packs - c * C));
+      return;
+    }
     for (index_t k = r.k0; k < r.k1; ++k) {
       const index_t s = conv_item_site(k, args.volume);
       if (k + conv_tape_prefetch_distance < args.volume) {  // (also into the layer's next run)
@@ -1220,14 +1246,8 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
       const index_t h = index_t(u % 2), j = index_t(u / 2);  // parity h, chunk j of it
       const index_t c0 = h * half + j * wgrad_chunk_sites, c1 = std::min((h + 1) * half, c0 + wgrad_chunk_sites);
       if (a_par & (1 << h))
-        for (index_t c = 0; c < lane_chunks; ++c) {  // lane chunks outer, as in conv_forward
-          const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
-          for (index_t s = c0; s < c1; ++s) {
-            if (s + conv_tape_prefetch_distance < c1)
-              prefetch_tape(e, a.out_site, a.cout, a.stride, s + conv_tape_prefetch_distance, b0, b0 + np * W);
-            conv_item<V, Cin>(a, e, s, b0, np);
-          }
-        }
+        for (index_t c = 0; c < lane_chunks; ++c)  // lane chunks outer, as in conv_forward
+          conv_sweep<V, Cin>(a, e, 0, c1 - c0, c0, c1 - c0, false, c * C * W, std::min(C, packs - c * C));
       if (g_par & (1 << h)) {
         // the plan's chunk of these sites: alternating over the lattice, or chunk j of one parity
         const index_t ch = plan.alternate ? index_t(u) : j;
