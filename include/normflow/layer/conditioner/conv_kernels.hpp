@@ -868,54 +868,38 @@ template <class V, index_t Ob, class T>
 void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
                 index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out, bool zero = true) noexcept {
   constexpr index_t W = simd::pack_size<V>;
-  if constexpr (Ob == 8) {
-    constexpr index_t tile = wgrad_tile_sites;
-    alignas(64) offset_t off[wgrad_group_taps * tile];
-    offset_t goff[tile];
-    const T* xt = wgrad_transposed_input(a);
-    if (zero) std::fill(out, out + 8 * nt * W, T(0));
-    const index_t nblocks = (nt + wgrad_t_taps - 1) / wgrad_t_taps;
-    const offset_t xt_site = offset_t(8) * a.stride;
-    for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
-      const index_t n = std::min(tile, s_end - s0);
-      for (index_t t = 0; t < nt; ++t)
-        for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * xt_site;
-      for (index_t k = 0; k < n; ++k) goff[k] = offset_t(a.gz_pos ? a.gz_pos[s0 + k] : s0 + k) * a.gz_site;
-      const T* g = a.gz + offset_t(o0) * a.stride;
-      for (index_t q = 0; q < nblocks; ++q) {
-        const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
-        T* part = out + offset_t(j0) * W;
-        const offset_t* o = off + j0 * tile;
-        switch (j1 - j0) {
-          case 3: wgrad_block_t<T, 3>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
-          case 2: wgrad_block_t<T, 2>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
-          default: wgrad_block_t<T, 1>(g, goff, xt, o, tile, n, a.stride, part, nt); break;
-        }
-      }
-    }
-    (void)i0, (void)i1;
-    return;
-  }
-  constexpr index_t Jmax = wgrad_max_taps<V>(Ob);
+  constexpr bool transposed = Ob == 8;
+  constexpr index_t Jmax = transposed ? wgrad_t_taps : wgrad_max_taps<V>(Ob);
   constexpr index_t tile = wgrad_tile_sites;
   alignas(64) offset_t off[wgrad_group_taps * tile];
   offset_t goff[tile];
-  const index_t nc = i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o nc + c) nt + t) W
+  // transposed: all 8 channels in one pass over xt; partial (o, t) at (o nt + t) W
+  const index_t nc = transposed ? 1 : i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o nc + c) nt + t) W
+  const T* in = transposed ? wgrad_transposed_input(a) : a.in;
+  const offset_t in_site = transposed ? offset_t(8) * a.stride : a.in_site;
   T* part = out;
   if (zero) std::fill(part, part + Ob * pstride * W, T(0));
   const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
   for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
     const index_t n = std::min(tile, s_end - s0);
     for (index_t t = 0; t < nt; ++t)
-      for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * a.in_site;
+      for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * in_site;
     for (index_t k = 0; k < n; ++k) goff[k] = offset_t(a.gz_pos ? a.gz_pos[s0 + k] : s0 + k) * a.gz_site;
     const T* g = a.gz + offset_t(o0) * a.stride;
     for (index_t c = 0; c < nc; ++c) {
-      const T* x = a.in + offset_t(i0 + c) * a.stride;
+      const T* x = in + offset_t(i0 + c) * a.stride;
       for (index_t q = 0; q < nblocks; ++q) {
         const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
-        wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, goff, a.stride, x, off + j0 * tile, tile, n, a.stride,
-                                   part + (offset_t(c) * nt + j0) * W, pstride);
+        T* p = part + (offset_t(c) * nt + j0) * W;
+        if constexpr (transposed) {
+          switch (j1 - j0) {
+            case 3: wgrad_block_t<T, 3>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
+            case 2: wgrad_block_t<T, 2>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
+            default: wgrad_block_t<T, 1>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
+          }
+        } else {
+          wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, goff, a.stride, x, off + j0 * tile, tile, n, a.stride, p, pstride);
+        }
       }
     }
   }
