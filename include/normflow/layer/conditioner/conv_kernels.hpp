@@ -110,11 +110,6 @@ struct ConvKernelArgs {
   /// The position in out (and out_h) of output site s: out_pos[s], or s itself (nullptr). A ring
   /// buffer (see ConvRingPlan) holds only the sites still to be read; z and h stay at s.
   const index_t* out_pos = nullptr;
-  /// The row blocks of a 2d lattice with a 3 x 3 kernel (see conv_row_blocks; nullptr: none):
-  /// row_block_count blocks of conv_row_block_size entries for the parity in storage positions
-  /// [0, volume / 2), then as many for [volume / 2, volume).
-  const index_t* row_blocks = nullptr;
-  index_t row_block_count = 0;
 };
 
 /// What happens to the convolution's result acc at (o, s, b) after it is stored to out.
@@ -152,8 +147,7 @@ inline constexpr index_t conv_chunk_packs = sizeof(V) >= 64 ? 8 : 4;
 
 /// out[o0, o0 + Ob) at storage position s, lanes [b0, b0 + Pb * width): Ob x Pb accumulators in
 /// registers; each weight is broadcast once per (t, i), each input pack loaded once per (t, i).
-/// Sum order of every value: bias, then t ascending, then i ascending (one output channel, Ob = 1:
-/// i ascending, then t ascending, as conv_row_blocks).
+/// Sum order of every value: bias, then t ascending, then i ascending.
 /// Cin > 0: the input channel count as a compile-time constant (a.cin == Cin). The i loop is then
 /// unrolled, the tap loop is the innermost loop and GCC keeps the accumulators in registers across
 /// it (with a runtime i loop it stores and reloads all Ob x Pb of them once per tap: the array is
@@ -180,22 +174,14 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
       for (index_t p = 0; p < Pb; ++p) acc[o][p] = simd::fma(w, xv[p], acc[o][p]);
     }
   };
-  if constexpr (Ob == 1) {
-    // one output channel: input channels outer, taps inner (the order of conv_row_blocks)
-    for (index_t i = 0; i < cin; ++i) {
-      const T* NORMFLOW_RESTRICT xi = in + offset_t(i) * a.stride;
-      for (index_t t = 0; t < a.ntaps; ++t) step(xi + tap[offset_t(t) * a.volume] * in_site, wp + offset_t(t) * cin + i);
-    }
-  } else {
-    for (index_t t = 0; t < a.ntaps; ++t) {
-      const T* NORMFLOW_RESTRICT xs = in + tap[offset_t(t) * a.volume] * in_site;
-      const T* NORMFLOW_RESTRICT wt = wp + offset_t(t) * cin * Ob;
-      if constexpr (Cin > 0) {
+  for (index_t t = 0; t < a.ntaps; ++t) {
+    const T* NORMFLOW_RESTRICT xs = in + tap[offset_t(t) * a.volume] * in_site;
+    const T* NORMFLOW_RESTRICT wt = wp + offset_t(t) * cin * Ob;
+    if constexpr (Cin > 0) {
 #pragma GCC unroll 16
-        for (index_t i = 0; i < Cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
-      } else {
-        for (index_t i = 0; i < cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
-      }
+      for (index_t i = 0; i < Cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
+    } else {
+      for (index_t i = 0; i < cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
     }
   }
   const index_t so = a.out_pos ? a.out_pos[s] : s;
@@ -384,60 +370,6 @@ NORMFLOW_ALWAYS_INLINE void with_channels(index_t cin, F&& f) {
   }
 }
 
-/// Entries per row block: 8 output sites, then the 4 x 10 input sites they read.
-inline constexpr index_t conv_row_block_size = 48;
-
-/// A convolution onto one output channel over row blocks of a 2d lattice with a 3 x 3 kernel (taps
-/// t = 3 (dy + 1) + (dx + 1), dx along the last axis). A block holds the output sites of one parity
-/// in rows y, y + 1 (y even) and columns base .. base + 7: four per row, at columns base + c0 + 2m
-/// in row y and base + 1 - c0 + 2m in row y + 1 (C0 = c0: the parity's column offset in row y);
-/// then the input sites of rows y - 1 .. y + 2, columns base - 1 .. base + 8 (periodic), row by row.
-/// Each loaded input pack serves every output of the block that reads it (2 FMAs per load on
-/// average, where a single output site needs one load per FMA): 8 -> 1 on half of 8x8 x 128 float
-/// 0.44 -> 0.68 of the FMA peak in a prototype. Every output is computed as by conv_block_body with
-/// Ob = 1: bias, then input channels ascending, then taps ascending, so the bits are the same.
-/// Blocks [k0, k1) of `blocks`, lanes [b0, b0 + np W); then each output site's epilogue.
-template <class V, index_t Cin, int C0, class T>
-NORMFLOW_NOINLINE void conv_row_blocks(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, const index_t* blocks,
-                                       index_t k0, index_t k1, index_t b0, index_t np) noexcept {
-  constexpr index_t W = simd::pack_size<V>;
-  const index_t cin = Cin > 0 ? Cin : a.cin;
-  const offset_t in_site = a.in_site;
-  for (index_t k = k0; k < k1; ++k) {
-    const index_t* NORMFLOW_RESTRICT bl = blocks + offset_t(k) * conv_row_block_size;
-    for (index_t p = 0; p < np; ++p) {
-      const index_t b = b0 + p * W;
-      V acc[8];
-      const V init = a.bias ? V(a.bias[0]) : V(T(0));
-#pragma GCC unroll 8
-      for (index_t r = 0; r < 8; ++r) acc[r] = init;
-      for (index_t i = 0; i < cin; ++i) {
-        V wt[9];
-#pragma GCC unroll 9
-        for (index_t t = 0; t < 9; ++t) wt[t] = V(a.weight[offset_t(t) * cin + i]);
-        const T* NORMFLOW_RESTRICT base = a.in + offset_t(i) * a.stride + b;
-#pragma GCC unroll 4
-        for (index_t row = 0; row < 4; ++row) {
-          V v[10];
-#pragma GCC unroll 10
-          for (index_t j = 0; j < 10; ++j) v[j] = simd::load<V>(base + bl[8 + row * 10 + j] * in_site);
-#pragma GCC unroll 8
-          for (index_t r = 0; r < 8; ++r) {
-            const index_t h = r / 4, c = (h == 0 ? C0 : 1 - C0) + 2 * (r % 4), dy = row - h - 1;
-            if (dy < -1 || dy > 1) continue;
-#pragma GCC unroll 3
-            for (index_t dx = -1; dx <= 1; ++dx)
-              acc[r] = simd::fma(wt[(dy + 1) * 3 + dx + 1], v[c + dx + 1], acc[r]);
-          }
-        }
-      }
-#pragma GCC unroll 8
-      for (index_t r = 0; r < 8; ++r) simd::store(e.out + offset_t(bl[r]) * a.out_site + b, acc[r]);
-    }
-    for (index_t r = 0; r < 8; ++r) conv_epilogue<V>(e, 1, a.stride, a.out_site, bl[r], bl[r], b0, np);
-  }
-}
-
 /// Packs per lane chunk of the layer-by-layer sweeps (conv_forward, conv_backward_fused's
 /// adjoint), which run over the sites once per lane chunk (lane chunks outer): with AVX-512, 2 (the
 /// register block's width) for convolutions onto whole blocks of 8 output channels from 4 or more
@@ -480,25 +412,6 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   // (site k / 2 of the first half, then of the second), so a run of consecutive sites covers the
   // same rows of both parities. (Any order gives the same bits: sites write disjoint outputs.)
   const bool whole = s0 == 0 && s1 == a.volume;
-  // one output channel on one parity of a lattice with row blocks (see conv_row_blocks)
-  const index_t half = a.volume / 2;
-  const int parity = s0 == 0 && s1 == half ? 0 : s0 == half && s1 == a.volume ? 1 : -1;
-  if (a.row_blocks && a.cout == 1 && a.ntaps == 9 && parity >= 0 && !a.out_pos && e.mode == ConvEpilogue::store) {
-    const index_t nb = a.row_block_count, bparts = std::clamp<index_t>(threads, 1, nb);
-    const index_t* blocks = a.row_blocks + offset_t(parity) * nb * conv_row_block_size;
-    with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
-      exec::parallel_for(exec, offset_t(bparts) * chunks, [=](offset_t item) {
-        const index_t p = index_t(item / chunks), c = index_t(item % chunks);
-        const index_t k0 = index_t(offset_t(nb) * p / bparts), k1 = index_t(offset_t(nb) * (p + 1) / bparts);
-        const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
-        if (parity == 0)
-          conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
-        else
-          conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
-      });
-    });
-    return;
-  }
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
     exec::parallel_for(exec, offset_t(parts) * chunks, [=](offset_t item) {
       const index_t p = index_t(item / chunks), c = index_t(item % chunks);
