@@ -782,15 +782,6 @@ NORMFLOW_ALWAYS_INLINE void wgrad_transpose_site(const T* NORMFLOW_RESTRICT x, i
 #endif
 }
 
-#if defined(__AVX512F__)
-/// The AVX-512 register of T (__m512 or __m512d; a function, as std::conditional_t drops the
-/// vector types' attributes).
-template <class T>
-auto wgrad_t_register() noexcept {
-  if constexpr (std::is_same_v<T, float>) return __m512{}; else return __m512d{};
-}
-#endif
-
 /// One register block of the transposed weight gradient (see wgrad_transposed): for o < 8, j < Tb
 ///   part[o pstride + j] += sum_{k < n} sum_q g[o](k, q E + e) xt(off[j tile + k])[q][i E + e]
 /// (one pack per entry, lanes (i, e)), g[o](k, .) at g + goff[k] + o stride. Sum order: sites
@@ -800,22 +791,16 @@ NORMFLOW_NOINLINE void wgrad_block_t(const T* NORMFLOW_RESTRICT g0, const offset
                                      const T* NORMFLOW_RESTRICT xt, const offset_t* NORMFLOW_RESTRICT off, index_t tile,
                                      index_t n, index_t stride, T* NORMFLOW_RESTRICT part, index_t pstride) noexcept {
 #if defined(__AVX512F__)
-  constexpr index_t W = index_t(64 / sizeof(T)), E = W / 8;
-  using R = decltype(wgrad_t_register<T>());
-  auto load = [](const T* p) -> R {
-    if constexpr (std::is_same_v<T, float>) return _mm512_load_ps(p); else return _mm512_load_pd(p);
-  };
-  auto bcast = [](const T* p) -> R {  // the 64 bits at p in every 64-bit element (vbroadcastsd)
+  using V = simd::native_pack<T>;  // 64 bytes (wgrad_transposed)
+  constexpr index_t W = simd::pack_size<V>, E = W / 8;
+  auto bcast = [](const T* p) -> V {  // the 64 bits at p in every 64-bit element (vbroadcastsd)
     double d;
     std::memcpy(&d, p, sizeof d);
-    if constexpr (std::is_same_v<T, float>) return _mm512_castpd_ps(_mm512_set1_pd(d)); else return _mm512_set1_pd(d);
+    if constexpr (std::is_same_v<T, float>) return V(_mm512_castpd_ps(_mm512_set1_pd(d))); else return V(_mm512_set1_pd(d));
   };
-  auto fma = [](R x, R y, R z) -> R {
-    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(x, y, z); else return _mm512_fmadd_pd(x, y, z);
-  };
-  R acc[8][Tb];
+  V acc[8][Tb];
   for (index_t o = 0; o < 8; ++o)
-    for (index_t j = 0; j < Tb; ++j) acc[o][j] = load(part + (offset_t(o) * pstride + j) * W);
+    for (index_t j = 0; j < Tb; ++j) acc[o][j] = simd::load<V>(part + (offset_t(o) * pstride + j) * W);
   index_t k = 0;
   do {
     const T* NORMFLOW_RESTRICT xj[Tb];
@@ -823,23 +808,18 @@ NORMFLOW_NOINLINE void wgrad_block_t(const T* NORMFLOW_RESTRICT g0, const offset
     const T* NORMFLOW_RESTRICT g = g0 + goff[k];
     index_t q = 0;
     do {
-      R xv[Tb];
-      for (index_t j = 0; j < Tb; ++j) xv[j] = load(xj[j] + offset_t(q) * 8);
+      V xv[Tb];
+      for (index_t j = 0; j < Tb; ++j) xv[j] = simd::load<V>(xj[j] + offset_t(q) * 8);
 #pragma GCC unroll 8
       for (index_t o = 0; o < 8; ++o) {
-        const R gv = bcast(g + offset_t(o) * stride + q);
-        for (index_t j = 0; j < Tb; ++j) acc[o][j] = fma(gv, xv[j], acc[o][j]);
+        const V gv = bcast(g + offset_t(o) * stride + q);
+        for (index_t j = 0; j < Tb; ++j) acc[o][j] = simd::fma(gv, xv[j], acc[o][j]);
       }
       q += E;
     } while (q < stride);
   } while (++k < n);
   for (index_t o = 0; o < 8; ++o)
-    for (index_t j = 0; j < Tb; ++j) {
-      if constexpr (std::is_same_v<T, float>)
-        _mm512_store_ps(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
-      else
-        _mm512_store_pd(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
-    }
+    for (index_t j = 0; j < Tb; ++j) simd::store(part + (offset_t(o) * pstride + j) * W, acc[o][j]);
 #else
   (void)g0, (void)goff, (void)xt, (void)off, (void)tile, (void)n, (void)stride, (void)part, (void)pstride;
 #endif
@@ -1049,12 +1029,16 @@ template <class T>
 T* wgrad_transposed_input(const ConvGradArgs<T>& a) noexcept {
   return a.scratch + wgrad_partials_size<T>(a.cin, a.cout, a.ntaps, a.volume);
 }
-/// Transposes a's input at the sites [u0, u1) into wgrad_transposed_input(a) (a transposed plan).
+/// Transposes a's input at site u into xt = wgrad_transposed_input(a) (a transposed plan).
 template <class T>
-void wgrad_transpose_input(const ConvGradArgs<T>& a, index_t u0, index_t u1) noexcept {
+NORMFLOW_ALWAYS_INLINE void wgrad_transpose_input(const ConvGradArgs<T>& a, T* xt, index_t u) noexcept {
+  wgrad_transpose_site(a.in + offset_t(u) * a.in_site, a.stride, xt + offset_t(u) * 8 * a.stride);
+}
+/// Transposes a's input at every site (the taps of any output site may reach any site).
+template <class T, class Exec>
+void wgrad_transpose_all(Exec exec, const ConvGradArgs<T>& a) {
   T* xt = wgrad_transposed_input(a);
-  for (index_t u = u0; u < u1; ++u)
-    wgrad_transpose_site(a.in + offset_t(u) * a.in_site, a.stride, xt + offset_t(u) * 8 * a.stride);
+  exec::parallel_for(exec, a.volume, [&](offset_t u) { wgrad_transpose_input(a, xt, index_t(u)); });
 }
 /// The wavefront's flags (one T per site, 0 or 1) of the sites already transposed.
 template <class T>
@@ -1067,12 +1051,13 @@ T* wgrad_transposed_flags(const ConvGradArgs<T>& a) noexcept {
 /// at once, on 32x32 the copy of 2 MB per chunk of 64 float samples had left L2 by then).
 template <class T>
 void wgrad_transpose_taps(const ConvGradArgs<T>& a, index_t s0, index_t s1) noexcept {
+  T* xt = wgrad_transposed_input(a);
   T* done = wgrad_transposed_flags(a);
   for (index_t s = s0; s < s1; ++s)
     for (index_t t = 0; t < a.ntaps; ++t) {
       const index_t u = a.taps[offset_t(t) * a.volume + s];
       if (done[u] == T(0)) {
-        wgrad_transpose_input(a, u, u + 1);
+        wgrad_transpose_input(a, xt, u);
         done[u] = T(1);
       }
     }
@@ -1164,8 +1149,7 @@ void conv_param_grad(Exec exec, ConvGradArgs<T> a) {
   const WgradPlan plan = wgrad_plan<T>(a.cin, a.cout, a.ntaps, s_begin, s_end, a.volume);
   NORMFLOW_ASSERT(a.scratch != nullptr);
   if (s_end > s_begin) {
-    if (plan.transposed)  // every site: the taps of any output site may reach it
-      exec::parallel_for(exec, a.volume, [&](offset_t u) { wgrad_transpose_input(a, index_t(u), index_t(u) + 1); });
+    if (plan.transposed) wgrad_transpose_all(exec, a);
     exec::parallel_for(exec, offset_t(plan.nchunks) * plan.nitems, [&](offset_t u) {
       wgrad_chunk_item(a, plan, index_t(u / plan.nitems), index_t(u % plan.nitems));
     });
@@ -1222,8 +1206,7 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
   const index_t g_end = g.site_end < 0 ? volume : g.site_end, a_end = a.site_end < 0 ? volume : a.site_end;
   const int g_par = parity_blocks(g.site_begin, g_end, volume), a_par = parity_blocks(a.site_begin, a_end, volume);
   const WgradPlan plan = wgrad_plan<T>(g.cin, g.cout, g.ntaps, g.site_begin, g_end, volume);
-  if (plan.transposed && g_end > g.site_begin)
-    exec::parallel_for(exec, volume, [&](offset_t u) { wgrad_transpose_input(g, index_t(u), index_t(u) + 1); });
+  if (plan.transposed && g_end > g.site_begin) wgrad_transpose_all(exec, g);
   const index_t per_half = (half + wgrad_chunk_sites - 1) / wgrad_chunk_sites;
   const index_t packs = a.stride / W, lane_chunks = (packs + C - 1) / C;
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
