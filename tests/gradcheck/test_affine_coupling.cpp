@@ -130,6 +130,22 @@ TEST_CASE("forward_path is forward followed by reverse_backward, bit for bit (Fl
   CHECK(test::max_abs_diff(gy1, gy2) == 0.0);
   CHECK(l1 == l2);
   CHECK(test::max_abs_diff(gy1, gx) > 0.0);  // the adjoint did something
+  // forward_path's tape records no y: backward on it is backward after forward, bit for bit, and
+  // reverse_backward on it is refused
+  Fl::field_type gyb(B), gxb1(B), gxb2(B);
+  for (index_t s = 0; s < Lat::volume; ++s)
+    for (index_t b = 0; b < B; ++b) gyb(s, b) = normal(rng);
+  flow.zero_grads();
+  flow.backward(t1, gyb, std::span<const float>(gl), gxb1);
+  const std::vector<float> grads1(flow.grads().begin(), flow.grads().end());
+  flow.zero_grads();
+  flow.backward(t2, gyb, std::span<const float>(gl), gxb2);
+  CHECK(test::max_abs_diff(gxb1, gxb2) == 0.0);
+  CHECK(std::vector<float>(flow.grads().begin(), flow.grads().end()) == grads1);
+  CHECK_THROWS_AS(flow.reverse_backward(t2, gx, std::span<const float>(gl), gy2, false), ShapeError);
+  flow.forward(x, y2, std::span<float>(l2), t2);  // a forward records y again
+  flow.reverse_backward(t2, gx, std::span<const float>(gl), gy2, false);
+  CHECK(test::max_abs_diff(gy1, gy2) == 0.0);
 
   // a runtime list of mixed layers, whose reverse adjoints differ from their forward ones
   using F = Field<Lattice<4, 4>, double>;

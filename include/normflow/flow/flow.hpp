@@ -150,10 +150,15 @@ class Chain {
     for_each_layer([&]<std::size_t K>(const auto& l) {
       const field_type& in = K == 0 ? x : tape.mid[(K - 1) % 2];
       field_type& out = K + 1 == size ? y : tape.mid[K % 2];
-      l.forward(slice<K>(p), in, out, log_det, std::get<K>(tape.layers), exec);
       const field_type& g_in = K == 0 ? gx : (K % 2 ? tape.g0 : tape.g1);
       field_type& g_out = K + 1 == size ? gy : (K % 2 ? tape.g1 : tape.g0);
-      l.reverse_backward(slice<K>(p), std::get<K>(tape.layers), g_in, gl, g_out, std::span<T>{}, exec);
+      auto& lt = std::get<K>(tape.layers);
+      if constexpr (requires { l.forward_path(slice<K>(p), in, out, log_det, lt, g_in, gl, g_out, exec); }) {
+        l.forward_path(slice<K>(p), in, out, log_det, lt, g_in, gl, g_out, exec);  // (records no y)
+      } else {
+        l.forward(slice<K>(p), in, out, log_det, lt, exec);
+        l.reverse_backward(slice<K>(p), lt, g_in, gl, g_out, std::span<T>{}, exec);
+      }
     });
   }
 

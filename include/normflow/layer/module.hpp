@@ -93,7 +93,8 @@ void padded_copy(std::span<const T> gl, index_t padded, Buf& buf) {
 ///   map<Reverse>(where, p, in, out, log_det, tape, exec)   forward (false) or reverse (true)
 ///   adjoint<Reverse>(where, p, tape, point, g_out, gl, g_in, gp, exec)
 /// forward and reverse then record the pair (x, y) in tape.x and tape.y; the adjoints evaluate at
-/// tape.x (backward) or tape.y (reverse_backward).
+/// tape.x (backward) or tape.y (reverse_backward). forward_path (forward, then reverse_backward
+/// at y while y is at hand) records x alone.
 template <class Derived>
 class MapAdjointLayer {
  public:
@@ -123,7 +124,25 @@ class MapAdjointLayer {
                         std::span<const typename F::value_type> gl, F& gy, std::span<typename F::value_type> gp,
                         Exec exec = {}) const {
     static const std::string where = std::string(Derived::layer_name) + "::reverse_backward";
+    if (tape.y.batch() == 0 && tape.x.batch() > 0)
+      throw ShapeError(where + ": the tape holds no forward output y (forward_path records x only; run forward or "
+                               "reverse before reverse_backward)");
     self().template adjoint<true>(where.c_str(), p, tape, tape.y, gx, gl, gy, gp, exec);
+  }
+  /// forward, then reverse_backward without parameter gradients (one step of the path-gradient
+  /// recursion, Chain::forward_path), with the same values as the two calls. The reverse adjoint
+  /// reads y where forward has just written it, so the tape records x alone: one field copy less
+  /// per layer (the W1 flow's training step on 32x32 x 128 float, one process switching between
+  /// the two every step: 2-3% faster; on 8x8 within the noise). After it the tape serves backward
+  /// as after forward, and reverse_backward throws until the next forward or reverse.
+  template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
+  void forward_path(std::span<const typename F::value_type> p, const F& x, F& y, std::span<typename F::value_type> log_det,
+                    Tape& tape, const F& gx, std::span<const typename F::value_type> gl, F& gy, Exec exec = {}) const {
+    static const std::string where = std::string(Derived::layer_name) + "::forward_path";
+    self().template map<false>(where.c_str(), p, x, y, log_det, tape, exec);
+    record(tape, x, exec);
+    if (tape.y.batch() != 0) tape.y = F{};
+    self().template adjoint<true>(where.c_str(), p, tape, y, gx, gl, gy, std::span<typename F::value_type>{}, exec);
   }
 
  private:
@@ -131,16 +150,24 @@ class MapAdjointLayer {
 
   /// tape.x = x, tape.y = y (copied over the host threads when the sizes already match).
   template <class F, class Tape, class Exec>
-  static void record(Tape& tape, const F& x, const F& y, Exec) {
+  static void record(Tape& tape, const F& x, const F& y, Exec exec) {
+    record(tape, x, exec);
+    copy(tape.y, y, exec);
+  }
+  /// tape.x = x alone.
+  template <class F, class Tape, class Exec>
+  static void record(Tape& tape, const F& x, Exec exec) {
+    copy(tape.x, x, exec);
+  }
+  template <class F, class Exec>
+  static void copy(F& to, const F& from, Exec) {
     if constexpr (std::is_same_v<Exec, exec::OpenMP>) {
-      if (tape.x.batch() == x.batch() && tape.y.batch() == y.batch()) {
-        exec::parallel_copy(exec::OpenMP{}, x.data(), tape.x.data(), x.size());
-        exec::parallel_copy(exec::OpenMP{}, y.data(), tape.y.data(), y.size());
+      if (to.batch() == from.batch()) {
+        exec::parallel_copy(exec::OpenMP{}, from.data(), to.data(), from.size());
         return;
       }
     }
-    tape.x = x;
-    tape.y = y;
+    to = from;
   }
 };
 
