@@ -411,10 +411,11 @@ void w1_conv() {
                                         scratch.data()};
         detail::conv_param_grad(exec::Serial{}, g);
       } else {
-        const detail::ConvKernelArgs<T> k{a.data(), w.data(), nullptr, taps.data(),
-                                          c.cin,    c.cout,   K,       V,
-                                          B,        c.s0,     c.s1,    site(c.cin, c.field_in),
-                                          site(c.cout, c.field_out)};
+        detail::ConvKernelArgs<T> k{a.data(), w.data(), nullptr, taps.data(),
+                                    c.cin,    c.cout,   K,       V,
+                                    B,        c.s0,     c.s1,    site(c.cin, c.field_in),
+                                    site(c.cout, c.field_out)};
+        net.attach_row_blocks(k);  // as the stack's own convolutions have them
         detail::ConvOutput<T> o = store;
         o.out = b.data();
         detail::conv_forward(exec::Serial{}, k, o);

@@ -137,7 +137,7 @@ void check_schedules(const ConvNetConfig& cfg) {
 /// bits, and so must the backward pass with parameter gradients (a wavefront with ring buffers
 /// and weight-gradient tiles without bias; layer by layer with bias) and without them (the input
 /// adjoint, a wavefront with ring buffers).
-template <class Lat, class T, class Order = default_order_t<Lat>>
+template <class Lat, class T, class Order = default_order_t<Lat>, index_t Cin = 2>
 void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_sites = {},
                      SiteRange zero_in_sites = {0, 0}, SiteRange in_sites = {}) {
   using Net = ConvStack<Lat, T, Order>;
@@ -146,10 +146,10 @@ void check_same_bits(const ConvNetConfig& cfg, index_t batch, SiteRange out_site
   net.init_params(params, 11);
   std::mt19937_64 rng(3);
   std::normal_distribution<double> normal;
-  Field<Lat, T, Channels<2>, Order> x(batch), gx1(batch), gx2(batch);
+  Field<Lat, T, Channels<Cin>, Order> x(batch), gx1(batch), gx2(batch);
   Field<Lat, T, Channels<3>, Order> y1(batch), y2(batch), gy(batch);
   for (index_t s = 0; s < Lat::volume; ++s)
-    for (index_t c = 0; c < 2; ++c)
+    for (index_t c = 0; c < Cin; ++c)
       for (index_t b = 0; b < batch; ++b) x(s, c, b) = T(normal(rng));
   for (index_t s = 0; s < Lat::volume; ++s)
     for (index_t c = 0; c < 3; ++c)
@@ -229,6 +229,25 @@ TEST_CASE_TEMPLATE("ConvStack: the wavefront forward pass gives the layer-by-lay
   check_same_bits<Lattice<16, 18>, T>(config({6, 5}, 3), 37, SiteRange{144, 288}, SiteRange{0, 144},
                                       SiteRange{0, 144});  // 3 weight-gradient chunks per parity
   check_same_bits<Lattice<8, 8>, T>(config({8, 8}, 3, Activation::tanh, true), 20);  // bias: layer by layer
+  // one input channel: the input adjoint onto one parity runs in row blocks layer by layer
+  // (detail::conv_row_blocks) and site by site in the wavefront; 10 input columns per block row,
+  // one or two blocks per row pair; with a bias as well
+  // (no bias: the backward with weight gradients runs as a wavefront too, against the fused
+  // layer-by-layer sweep, conv_backward_fused, whose one-channel adjoint is in row blocks as well)
+  const ConvNetConfig one{.in_channels = 1, .hidden = {8, 8}, .out_channels = 3, .kernel_size = 3, .bias = false};
+  check_same_bits<Lattice<8, 8>, T, EvenOdd, 1>(one, 20, SiteRange{32, 64}, SiteRange{0, 32}, SiteRange{0, 32});
+  check_same_bits<Lattice<8, 8>, T, EvenOdd, 1>(one, 37, SiteRange{0, 32}, SiteRange{32, 64}, SiteRange{32, 64});
+  check_same_bits<Lattice<4, 16>, T, EvenOdd, 1>(one, 9, SiteRange{32, 64}, SiteRange{0, 32}, SiteRange{0, 32});
+  check_same_bits<Lattice<6, 8>, T, EvenOdd, 1>(one, 16, SiteRange{0, 24}, SiteRange{24, 48}, SiteRange{24, 48});
+  // the fused backward sweep: two 64-site chunks per parity of whole rows of blocks (16x16), and
+  // chunks shorter than a row of blocks (2x128: the per-site kernel there)
+  check_same_bits<Lattice<16, 16>, T, EvenOdd, 1>(one, 19, SiteRange{128, 256}, SiteRange{0, 128},
+                                                  SiteRange{0, 128});
+  check_same_bits<Lattice<2, 128>, T, EvenOdd, 1>(one, 5, SiteRange{0, 128}, SiteRange{128, 256},
+                                                  SiteRange{128, 256});
+  ConvNetConfig biased = one;
+  biased.bias = true;
+  check_same_bits<Lattice<8, 8>, T, EvenOdd, 1>(biased, 20, SiteRange{32, 64}, SiteRange{0, 32}, SiteRange{0, 32});
 }
 
 TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread for large activations only") {

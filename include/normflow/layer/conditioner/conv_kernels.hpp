@@ -110,6 +110,14 @@ struct ConvKernelArgs {
   /// The position in out (and out_h) of output site s: out_pos[s], or s itself (nullptr). A ring
   /// buffer (see ConvRingPlan) holds only the sites still to be read; z and h stay at s.
   const index_t* out_pos = nullptr;
+  /// The row blocks of a 2d lattice with a 3 x 3 kernel (see conv_row_blocks; nullptr: none):
+  /// row_block_count blocks of conv_row_block_size entries for the parity in storage positions
+  /// [0, volume / 2), then as many for [volume / 2, volume).
+  const index_t* row_blocks = nullptr;
+  index_t row_block_count = 0;
+  /// Sites of one parity per row of blocks (two lattice rows, the last extent; blocks of a parity
+  /// cover its storage positions in rows of row_block_span, row_block_span / 8 blocks each).
+  index_t row_block_span = 0;
 };
 
 /// What happens to the convolution's result acc at (o, s, b) after it is stored to out.
@@ -147,7 +155,8 @@ inline constexpr index_t conv_chunk_packs = sizeof(V) >= 64 ? 8 : 4;
 
 /// out[o0, o0 + Ob) at storage position s, lanes [b0, b0 + Pb * width): Ob x Pb accumulators in
 /// registers; each weight is broadcast once per (t, i), each input pack loaded once per (t, i).
-/// Sum order of every value: bias, then t ascending, then i ascending.
+/// Sum order of every value: bias, then t ascending, then i ascending (one output channel, Ob = 1:
+/// i ascending, then t ascending, as conv_row_blocks).
 /// Cin > 0: the input channel count as a compile-time constant (a.cin == Cin). The i loop is then
 /// unrolled, the tap loop is the innermost loop and GCC keeps the accumulators in registers across
 /// it (with a runtime i loop it stores and reloads all Ob x Pb of them once per tap: the array is
@@ -174,14 +183,22 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
       for (index_t p = 0; p < Pb; ++p) acc[o][p] = simd::fma(w, xv[p], acc[o][p]);
     }
   };
-  for (index_t t = 0; t < a.ntaps; ++t) {
-    const T* NORMFLOW_RESTRICT xs = in + tap[offset_t(t) * a.volume] * in_site;
-    const T* NORMFLOW_RESTRICT wt = wp + offset_t(t) * cin * Ob;
-    if constexpr (Cin > 0) {
+  if constexpr (Ob == 1) {
+    // one output channel: input channels outer, taps inner (the order of conv_row_blocks)
+    for (index_t i = 0; i < cin; ++i) {
+      const T* NORMFLOW_RESTRICT xi = in + offset_t(i) * a.stride;
+      for (index_t t = 0; t < a.ntaps; ++t) step(xi + tap[offset_t(t) * a.volume] * in_site, wp + offset_t(t) * cin + i);
+    }
+  } else {
+    for (index_t t = 0; t < a.ntaps; ++t) {
+      const T* NORMFLOW_RESTRICT xs = in + tap[offset_t(t) * a.volume] * in_site;
+      const T* NORMFLOW_RESTRICT wt = wp + offset_t(t) * cin * Ob;
+      if constexpr (Cin > 0) {
 #pragma GCC unroll 16
-      for (index_t i = 0; i < Cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
-    } else {
-      for (index_t i = 0; i < cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
+        for (index_t i = 0; i < Cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
+      } else {
+        for (index_t i = 0; i < cin; ++i) step(xs + offset_t(i) * a.stride, wt + i * Ob);
+      }
     }
   }
   const index_t so = a.out_pos ? a.out_pos[s] : s;
@@ -370,6 +387,64 @@ NORMFLOW_ALWAYS_INLINE void with_channels(index_t cin, F&& f) {
   }
 }
 
+/// Entries per row block: 8 output sites, then the 4 x 10 input sites they read.
+inline constexpr index_t conv_row_block_size = 48;
+
+/// A convolution onto one output channel over row blocks of a 2d lattice with a 3 x 3 kernel (taps
+/// t = 3 (dy + 1) + (dx + 1), dx along the last axis). A block holds the output sites of one parity
+/// in rows y, y + 1 (y even) and columns base .. base + 7: four per row, at columns base + c0 + 2m
+/// in row y and base + 1 - c0 + 2m in row y + 1 (C0 = c0: the parity's column offset in row y);
+/// then the input sites of rows y - 1 .. y + 2, columns base - 1 .. base + 8 (periodic), row by row.
+/// Each loaded input pack serves every output of the block that reads it (2 FMAs per load on
+/// average, where a single output site needs one load per FMA): 8 -> 1 on half of 8x8 x 128 float
+/// 0.44 -> 0.68 of the FMA peak in a prototype, 0.41 -> 0.50-0.56 in the library (W1_conv). Every
+/// output is computed as by conv_block_body with Ob = 1: bias, then input channels ascending, then
+/// taps ascending, so the bits are the same. conv_forward and conv_backward_fused use the blocks
+/// for the input adjoint onto one parity (the conditioner's first convolution reads one parity of
+/// a one-channel field); the wavefront keeps the per-site kernel (W1 step with the blocks against
+/// without, one process switching every step: 8x8 -1%, 16x16 -0.3%, 32x32 unchanged).
+/// Blocks [k0, k1) of `blocks`, lanes [b0, b0 + np W); then each output site's epilogue.
+template <class V, index_t Cin, int C0, class T>
+NORMFLOW_NOINLINE void conv_row_blocks(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, const index_t* blocks,
+                                       index_t k0, index_t k1, index_t b0, index_t np) noexcept {
+  constexpr index_t W = simd::pack_size<V>;
+  const index_t cin = Cin > 0 ? Cin : a.cin;
+  const offset_t in_site = a.in_site;
+  for (index_t k = k0; k < k1; ++k) {
+    const index_t* NORMFLOW_RESTRICT bl = blocks + offset_t(k) * conv_row_block_size;
+    for (index_t p = 0; p < np; ++p) {
+      const index_t b = b0 + p * W;
+      V acc[8];
+      const V init = a.bias ? V(a.bias[0]) : V(T(0));
+#pragma GCC unroll 8
+      for (index_t r = 0; r < 8; ++r) acc[r] = init;
+      for (index_t i = 0; i < cin; ++i) {
+        V wt[9];
+#pragma GCC unroll 9
+        for (index_t t = 0; t < 9; ++t) wt[t] = V(a.weight[offset_t(t) * cin + i]);
+        const T* NORMFLOW_RESTRICT base = a.in + offset_t(i) * a.stride + b;
+#pragma GCC unroll 4
+        for (index_t row = 0; row < 4; ++row) {
+          V v[10];
+#pragma GCC unroll 10
+          for (index_t j = 0; j < 10; ++j) v[j] = simd::load<V>(base + bl[8 + row * 10 + j] * in_site);
+#pragma GCC unroll 8
+          for (index_t r = 0; r < 8; ++r) {
+            const index_t h = r / 4, c = (h == 0 ? C0 : 1 - C0) + 2 * (r % 4), dy = row - h - 1;
+            if (dy < -1 || dy > 1) continue;
+#pragma GCC unroll 3
+            for (index_t dx = -1; dx <= 1; ++dx)
+              acc[r] = simd::fma(wt[(dy + 1) * 3 + dx + 1], v[c + dx + 1], acc[r]);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (index_t r = 0; r < 8; ++r) simd::store(e.out + offset_t(bl[r]) * a.out_site + b, acc[r]);
+    }
+    for (index_t r = 0; r < 8; ++r) conv_epilogue<V>(e, 1, a.stride, a.out_site, bl[r], bl[r], b0, np);
+  }
+}
+
 /// Packs per lane chunk of the layer-by-layer sweeps (conv_forward, conv_backward_fused's
 /// adjoint), which run over the sites once per lane chunk (lane chunks outer): with AVX-512, 2 (the
 /// register block's width) for convolutions onto whole blocks of 8 output channels from 4 or more
@@ -387,6 +462,30 @@ constexpr index_t conv_lane_packs(index_t cin, index_t cout) noexcept {
     if (cin >= 4 && cout == 1) return 4;
   }
   return conv_chunk_packs<V>;
+}
+
+/// True when a with e runs in row blocks onto one parity (conv_row_blocks): one output channel, a
+/// 3 x 3 kernel on a lattice with row blocks, the store epilogue, no ring buffer.
+template <class T>
+bool conv_row_blocks_apply(const ConvKernelArgs<T>& a, const ConvOutput<T>& e) noexcept {
+  return a.row_blocks && a.row_block_span > 0 && a.cout == 1 && a.ntaps == 9 && !a.out_pos &&
+         e.mode == ConvEpilogue::store;
+}
+/// The row blocks of parity h (storage half) whose output sites are the parity's storage positions
+/// [r0, r1) (relative to the half's start), lanes [b0, b0 + np W); false (nothing done) where
+/// [r0, r1) is not made of whole rows of blocks.
+template <class V, index_t Cin, class T>
+NORMFLOW_ALWAYS_INLINE bool conv_row_blocks_range(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_t h,
+                                                  index_t r0, index_t r1, index_t b0, index_t np) noexcept {
+  const index_t span = a.row_block_span;
+  if (r0 % span != 0 || r1 % span != 0) return false;
+  const index_t* blocks = a.row_blocks + offset_t(h) * a.row_block_count * conv_row_block_size;
+  const index_t k0 = r0 / span * (span / 8), k1 = r1 / span * (span / 8);
+  if (h == 0)
+    conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
+  else
+    conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
+  return true;
 }
 
 /// The convolution a followed by the epilogue e, over every site and lane. The sites are split
@@ -412,6 +511,25 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   // (site k / 2 of the first half, then of the second), so a run of consecutive sites covers the
   // same rows of both parities. (Any order gives the same bits: sites write disjoint outputs.)
   const bool whole = s0 == 0 && s1 == a.volume;
+  // one output channel on one parity of a lattice with row blocks (see conv_row_blocks)
+  const index_t half = a.volume / 2;
+  const int parity = s0 == 0 && s1 == half ? 0 : s0 == half && s1 == a.volume ? 1 : -1;
+  if (parity >= 0 && conv_row_blocks_apply(a, e)) {
+    const index_t nb = a.row_block_count, bparts = std::clamp<index_t>(threads, 1, nb);
+    const index_t* blocks = a.row_blocks + offset_t(parity) * nb * conv_row_block_size;
+    with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
+      exec::parallel_for(exec, offset_t(bparts) * chunks, [=](offset_t item) {
+        const index_t p = index_t(item / chunks), c = index_t(item % chunks);
+        const index_t k0 = index_t(offset_t(nb) * p / bparts), k1 = index_t(offset_t(nb) * (p + 1) / bparts);
+        const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
+        if (parity == 0)
+          conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
+        else
+          conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
+      });
+    });
+    return;
+  }
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
     exec::parallel_for(exec, offset_t(parts) * chunks, [=](offset_t item) {
       const index_t p = index_t(item / chunks), c = index_t(item % chunks);
@@ -1209,13 +1327,18 @@ void conv_backward_fused(Exec exec, ConvGradArgs<T> g, ConvKernelArgs<T> a, cons
   if (plan.transposed && g_end > g.site_begin) wgrad_transpose_all(exec, g);
   const index_t per_half = (half + wgrad_chunk_sites - 1) / wgrad_chunk_sites;
   const index_t packs = a.stride / W, lane_chunks = (packs + C - 1) / C;
+  const bool rows = conv_row_blocks_apply(a, e);
   with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
     exec::parallel_for(exec, offset_t(2) * per_half, [&](offset_t u) {
       const index_t h = index_t(u % 2), j = index_t(u / 2);  // parity h, chunk j of it
       const index_t c0 = h * half + j * wgrad_chunk_sites, c1 = std::min((h + 1) * half, c0 + wgrad_chunk_sites);
       if (a_par & (1 << h))
-        for (index_t c = 0; c < lane_chunks; ++c)  // lane chunks outer, as in conv_forward
-          conv_sweep<V, Cin>(a, e, 0, c1 - c0, c0, c1 - c0, false, c * C * W, std::min(C, packs - c * C));
+        for (index_t c = 0; c < lane_chunks; ++c) {  // lane chunks outer, as in conv_forward
+          const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
+          // onto one channel in row blocks where the chunk holds whole rows of them (the same bits)
+          if (!(rows && conv_row_blocks_range<V, Cin>(a, e, h, c0 - h * half, c1 - h * half, b0, np)))
+            conv_sweep<V, Cin>(a, e, 0, c1 - c0, c0, c1 - c0, false, b0, np);
+        }
       if (g_par & (1 << h)) {
         // the plan's chunk of these sites: alternating over the lattice, or chunk j of one parity
         const index_t ch = plan.alternate ? index_t(u) : j;

@@ -73,6 +73,18 @@ struct ConvGeometry {
   std::vector<index_t> taps;  ///< [t][storage position]: storage position of site + delta_t
   WaveSchedule wave;          ///< the wavefront schedule (two or more convolutions)
   ConvBackwardPlan back;      ///< the backward pass in that schedule: ring buffers, weight-gradient tiles
+  /// The row blocks of conv_row_blocks, both parities (2d, kernel 3, even/odd storage, the last
+  /// extent a multiple of 8; else empty), and the count per parity.
+  std::vector<index_t> row_blocks;
+  index_t row_block_count = 0;
+  index_t row_block_span = 0;  ///< sites of one parity per row of blocks (the last extent)
+  /// Sets a's row-block fields.
+  template <class T>
+  void attach(ConvKernelArgs<T>& a) const noexcept {
+    a.row_blocks = row_blocks.empty() ? nullptr : row_blocks.data();
+    a.row_block_count = row_block_count;
+    a.row_block_span = row_blocks.empty() ? 0 : row_block_span;
+  }
 };
 }  // namespace detail
 
@@ -226,6 +238,9 @@ class ConvStack {
   index_t tap_neighbor(index_t t, index_t s) const noexcept {
     return m_geo->taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)];
   }
+  /// Gives kernel arguments this lattice's row blocks (detail::conv_row_blocks), as every
+  /// convolution of the stack has them (for benchmarks of the kernels alone).
+  void attach_row_blocks(detail::ConvKernelArgs<T>& a) const noexcept { m_geo->attach(a); }
 
   /// Fills params (num_params() values). uniform: entry j of layer l's block (weights, then
   /// biases) is (2u - 1)/sqrt(c_in K), u the (j mod 2)-th uniform of
@@ -383,7 +398,7 @@ class ConvStack {
       // is -delta_t), packed for the kernel.
       T* wt = ws.m_wt.data();
       detail::pack_conv_weights(params.data() + weight_offset(l), wt, cout, cin, m_taps_count, true);
-      const detail::ConvKernelArgs<T> args{g,
+      detail::ConvKernelArgs<T> args{g,
                                            wt,
                                            nullptr,
                                            m_geo->taps.data(),
@@ -396,6 +411,7 @@ class ConvStack {
                                            l == 0 ? in_sites.end : -1,
                                            site_stride(cout, stride),
                                            l == 0 ? offset_t(0) : site_stride(cin, stride)};  // gx: Field's layout
+      m_geo->attach(args);
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (l == 0) {
         out.out = gx.data();
@@ -467,6 +483,48 @@ class ConvStack {
     return delta;
   }
 
+  /// The row blocks of detail::conv_row_blocks (2d, kernel 3, even/odd storage, the last extent a
+  /// multiple of 8), each checked against the tap table (none if one entry disagrees).
+  static void make_row_blocks(detail::ConvGeometry& g, index_t kernel_size) {
+    if constexpr (rank == 2 && std::is_same_v<Order, EvenOdd>) {
+      constexpr index_t L0 = Lat::extents[0], L1 = Lat::extents[1];
+      if (kernel_size != 3 || L1 % 8 != 0) return;
+      auto pos = [](index_t y, index_t c) {
+        return EvenOdd::template storage_index<Lat>(Lat::site({(y % L0 + L0) % L0, (c % L1 + L1) % L1}));
+      };
+      const index_t count = (L0 / 2) * (L1 / 8);
+      std::vector<index_t> blocks;
+      blocks.reserve(std::size_t(2 * count * detail::conv_row_block_size));
+      for (index_t p = 0; p < 2; ++p)
+        for (index_t y = 0; y < L0; y += 2)
+          for (index_t base = 0; base < L1; base += 8) {
+            const std::size_t at = blocks.size();
+            for (index_t r = 0; r < 8; ++r) {
+              const index_t h = r / 4, c = base + (h == 0 ? p : 1 - p) + 2 * (r % 4);
+              blocks.push_back(pos(y + h, c));
+            }
+            for (index_t row = 0; row < 4; ++row)
+              for (index_t j = 0; j < 10; ++j) blocks.push_back(pos(y - 1 + row, base - 1 + j));
+            for (index_t r = 0; r < 8; ++r) {  // every tap of every output against the tap table
+              const index_t h = r / 4, c = (h == 0 ? p : 1 - p) + 2 * (r % 4), s = blocks[at + std::size_t(r)];
+              // and its storage position within the block's row of blocks (conv_row_blocks_range)
+              const index_t row0 = p * (volume / 2) + y / 2 * L1;
+              if (s < row0 || s >= row0 + L1) return;
+              for (index_t t = 0; t < 9; ++t) {
+                const index_t dy = t / 3 - 1, dx = t % 3 - 1;
+                const index_t in = blocks[at + 8 + std::size_t((h + dy + 1) * 10 + c + dx + 1)];
+                if (in != g.taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)] || s / (volume / 2) != p) return;
+              }
+            }
+          }
+      g.row_blocks = std::move(blocks);
+      g.row_block_count = count;
+      g.row_block_span = L1;
+    } else {
+      (void)g, (void)kernel_size;
+    }
+  }
+
   /// The tap table and wavefront plans of this lattice and site order for a kernel size (ntaps =
   /// kernel_size^rank taps) and a depth. They depend on nothing else, so every ConvStack of this
   /// type with the same two shares one immutable copy (the 16 conditioners of a flow hold one: on a
@@ -489,6 +547,7 @@ class ConvStack {
             Order::template storage_index<Lat>(n);
       }
     }
+    make_row_blocks(*g, kernel_size);
     if (layers >= 2) {
       g->wave = detail::conv_wavefront_schedule(g->taps.data(), ntaps, volume, layers, wave_block);
       g->back = detail::conv_backward_plan(g->wave, g->taps.data(), ntaps, volume, layers);
@@ -658,7 +717,7 @@ class ConvStack {
 
   detail::ConvKernelArgs<T> layer_args(std::span<const T> params, const T* packed, index_t l, const T* in,
                                        index_t stride) const {
-    return {in,
+    detail::ConvKernelArgs<T> a{in,
             packed,
             m_config.bias ? params.data() + bias_offset(l) : nullptr,
             m_geo->taps.data(),
@@ -669,6 +728,8 @@ class ConvStack {
             stride,
             0,
             -1};
+    m_geo->attach(a);
+    return a;
   }
 
   static void require_range(SiteRange r, const char* where, const char* name) {
