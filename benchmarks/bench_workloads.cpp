@@ -40,9 +40,10 @@
 ///
 /// Activation memory (what one coupling keeps per sample, in scalars of sizeof(T); V sites, C the
 /// conditioner's output channels, H_j the hidden channel counts, c_max = max channel count):
-///   kept from forward to backward, per layer: V (2 tape x, y + 1 ConvStack copy of the input
+///   kept from forward to backward, per layer: V (1 tape x + 1 ConvStack copy of the input
 ///                                     (masked) + C theta + sum_j H_j activations h; silu also
-///                                     keeps the pre-activations z: + sum_j H_j)
+///                                     keeps the pre-activations z: + sum_j H_j; + 1 tape y where
+///                                     the forward pass is not forward_path: the total gradient)
 ///   transient, once per thread (detail/thread_scratch.hpp): V (1 g_cond + C g_theta + 2 c_max
 ///                                     ConvStack cotangents + 8 the transposed input of an 8 -> 8k
 ///                                     weight gradient, detail::wgrad_transposed); once per flow:
@@ -51,11 +52,12 @@
 /// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
 /// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
 /// to a few hundred KB, are thread scratch too.)
-/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 21 V per layer; on 8x8 in float 5 376 bytes per
-/// layer and sample, so W1 (16 layers, batch 128) keeps 11.0 MB, plus 4 V per sample per flow,
+/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 20 V per layer (path gradient; 21 V with the total
+/// gradient); on 8x8 in float 5 120 bytes per layer and sample, so W1 (16 layers, batch 128) keeps
+/// 10.5 MB, plus 4 V per sample per flow,
 /// 27 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
 /// and again for its chunks (12 V): 0.97 MB on W1 at one thread.
-/// Spline C = 13: 32 V per layer.
+/// Spline C = 13: 31 V per layer (32 with the total gradient).
 
 #include <algorithm>
 #include <chrono>
@@ -717,15 +719,15 @@ void w1_memory() {
   r.threads = 1;
   r.precision = "float";
   r.target = "peak RSS < 200 MB";
-  // activation bytes per coupling and sample: 21 V sizeof(float) (see the file comment)
-  const double act = 21.0 * 64 * sizeof(float);
+  // activation bytes per coupling and sample: 20 V sizeof(float) (see the file comment)
+  const double act = 20.0 * 64 * sizeof(float);
   r.extra.emplace_back("activation_bytes_per_layer_per_sample", act);
   r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
-                            "V*sizeof(T)*(2 + 1 + C + sum(H)) per layer, plus V*sizeof(T)*(1 + C + 2*max_c) per "
+                            "V*sizeof(T)*(1 + 1 + C + sum(H)) per layer (+1 V tape y with the total gradient), plus V*sizeof(T)*(1 + C + 2*max_c) per "
                             "thread (for a chunk of the batch) and 4 V*sizeof(T) per flow, and the training step's "
                             "6 per-sample fields twice (the batch's and its chunks'); affine H=(8,8), C=2, "
-                            "max_c=8: 21*V*sizeof(T) per layer");
+                            "max_c=8: 20*V*sizeof(T) per layer");
   if (peak > 0) {
     r.extra.emplace_back("peak_rss_MB", double(peak) * 1024 * 1e-6);
     r.extra.emplace_back("baseline_rss_MB", double(base) * 1024 * 1e-6);
@@ -863,9 +865,9 @@ void print_table() {
   std::printf("[lin]: (time / (V B)) over the same at 8x8 x 128 (same threads, precision); "
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
-              "Activation memory per coupling and sample: 21 V sizeof(T) (affine, tanh, H = (8, 8)), plus 4 V per "
-              "flow, 27 V per thread and chunk sample, 12 V in the training step's fields; W1: 5376 B per layer and "
-              "sample, 11.0 MB in all.\n"
+              "Activation memory per coupling and sample: 20 V sizeof(T) (affine, tanh, H = (8, 8), path gradient; "
+              "21 V with the total gradient), plus 4 V per flow, 27 V per thread and chunk sample, 12 V in the "
+              "training step's fields; W1: 5120 B per layer and sample, 10.5 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");
   if (!g_w1_conv_kinds.empty()) {
