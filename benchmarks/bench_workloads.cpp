@@ -429,6 +429,16 @@ void w1_conv() {
   };
   const double peak = fma_peak<T>();
   const Timing t = time_calls(run);
+  // The pass/fail figure divides the sequence's median time into the best of 5 FMA rounds. For a
+  // figure that sees the machine's load as the kernels do, the sequence and an FMA burst of about
+  // the same length are also timed in the same rounds (medians of both; reported, not judged).
+  constexpr double fma_flop = 2.0 * 12 * simd::pack_size<simd::native_pack<T>>;  // per iteration
+  const long fma_iters = std::max(1000L, long(t.median * peak * 1e9 / fma_flop));
+  const std::vector<Timing> same = time_interleaved({run, [&] {
+                                                       volatile T sink = bench::fma_kernel<T>(fma_iters);
+                                                       (void)sink;
+                                                     }});
+  const double peak_same = fma_flop * double(fma_iters) / same[1].median * 1e-9;
   // each kind of call alone (the fastest repetition), for the breakdown in the table's notes
   std::vector<std::pair<std::string, double>> kinds;
   for (std::size_t i = 0; i < calls.size(); ++i) {
@@ -456,6 +466,7 @@ void w1_conv() {
   r.target = ">= 80% of the FMA peak";
   r.extra.emplace_back("fma_peak_gflops", peak);
   r.extra.emplace_back("fraction_of_peak", r.gflops / peak);
+  r.extra.emplace_back("fraction_of_peak_same_rounds", flop / same[0].median * 1e-9 / peak_same);
   r.extra.emplace_back("flop_per_coupling", flop);
   for (const auto& [k, v] : kinds) r.extra.emplace_back("fraction_of_peak_" + k, v);
   r.pass = r.gflops >= 0.8 * peak;
@@ -848,6 +859,7 @@ void print_table() {
                           : k == "speedup_2_over_1_thread" ? "x2t"
                           : k == "path_over_plain"         ? "path/plain"
                           : k == "fraction_of_peak"        ? "of peak"
+                          : k == "fraction_of_peak_same_rounds" ? "same rounds"
                           : k == "acceptance_rate"         ? "acc"
                           : k == "samples_per_second_chunk_128" ? "chunk128"
                                                            : nullptr;
