@@ -471,20 +471,25 @@ bool conv_row_blocks_apply(const ConvKernelArgs<T>& a, const ConvOutput<T>& e) n
   return a.row_blocks && a.row_block_span > 0 && a.cout == 1 && a.ntaps == 9 && !a.out_pos &&
          e.mode == ConvEpilogue::store;
 }
-/// The row blocks of parity h (storage half) whose output sites are the parity's storage positions
-/// [r0, r1) (relative to the half's start), lanes [b0, b0 + np W); false (nothing done) where
-/// [r0, r1) is not made of whole rows of blocks.
+/// Row blocks [k0, k1) of parity h (storage half), lanes [b0, b0 + np W).
+template <class V, index_t Cin, class T>
+NORMFLOW_ALWAYS_INLINE void conv_row_blocks_of(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_t h,
+                                               index_t k0, index_t k1, index_t b0, index_t np) noexcept {
+  const index_t* blocks = a.row_blocks + offset_t(h) * a.row_block_count * conv_row_block_size;
+  if (h == 0)
+    conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
+  else
+    conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
+}
+/// The row blocks of parity h whose output sites are the parity's storage positions [r0, r1)
+/// (relative to the half's start), lanes [b0, b0 + np W); false (nothing done) where [r0, r1) is
+/// not made of whole rows of blocks.
 template <class V, index_t Cin, class T>
 NORMFLOW_ALWAYS_INLINE bool conv_row_blocks_range(const ConvKernelArgs<T>& a, const ConvOutput<T>& e, index_t h,
                                                   index_t r0, index_t r1, index_t b0, index_t np) noexcept {
   const index_t span = a.row_block_span;
   if (r0 % span != 0 || r1 % span != 0) return false;
-  const index_t* blocks = a.row_blocks + offset_t(h) * a.row_block_count * conv_row_block_size;
-  const index_t k0 = r0 / span * (span / 8), k1 = r1 / span * (span / 8);
-  if (h == 0)
-    conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
-  else
-    conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
+  conv_row_blocks_of<V, Cin>(a, e, h, r0 / span * (span / 8), r1 / span * (span / 8), b0, np);
   return true;
 }
 
@@ -516,16 +521,11 @@ void conv_forward(Exec exec, ConvKernelArgs<T> a, const ConvOutput<T>& e) {
   const int parity = s0 == 0 && s1 == half ? 0 : s0 == half && s1 == a.volume ? 1 : -1;
   if (parity >= 0 && conv_row_blocks_apply(a, e)) {
     const index_t nb = a.row_block_count, bparts = std::clamp<index_t>(threads, 1, nb);
-    const index_t* blocks = a.row_blocks + offset_t(parity) * nb * conv_row_block_size;
     with_channels(a.cin, [&]<index_t Cin>(std::integral_constant<index_t, Cin>) {
       exec::parallel_for(exec, offset_t(bparts) * chunks, [=](offset_t item) {
         const index_t p = index_t(item / chunks), c = index_t(item % chunks);
         const index_t k0 = index_t(offset_t(nb) * p / bparts), k1 = index_t(offset_t(nb) * (p + 1) / bparts);
-        const index_t b0 = c * C * W, np = std::min(C, packs - c * C);
-        if (parity == 0)
-          conv_row_blocks<V, Cin, 0>(a, e, blocks, k0, k1, b0, np);
-        else
-          conv_row_blocks<V, Cin, 1>(a, e, blocks, k0, k1, b0, np);
+        conv_row_blocks_of<V, Cin>(a, e, parity, k0, k1, c * C * W, std::min(C, packs - c * C));
       });
     });
     return;
