@@ -26,7 +26,9 @@
 /// simd::fma (xsimd 8.1 has none for AVX-512); weights are repacked so a register block reads
 /// them at fixed offsets; the input-channel loop is unrolled for common channel counts so the
 /// accumulators stay in registers across the tap loop; the weight gradient is tiled so its
-/// operands are reused from L1.
+/// operands are reused from L1. xsimd's vector stores may alias any object, so a kernel that reads
+/// its arguments through a struct reference re-reads them after every store: the convolution
+/// kernels copy what they use into locals first (see conv_block_body).
 
 #include <algorithm>
 #include <cstring>
@@ -277,21 +279,39 @@ inline void conv_epilogue(const ConvOutput<T>& e, index_t cout, index_t stride, 
                           index_t so, index_t b0, index_t np) noexcept {
   constexpr index_t W = simd::pack_size<V>;
   const offset_t base = offset_t(so) * site + b0, tape = offset_t(s) * site + b0;
+  // the pointers as locals, each row's start computed once (see conv_block_body: the stores may
+  // alias e, and the tanh epilogue re-read e's fields and the loop bounds for every pack)
+  // (out_h may be out itself: h = f(z) in place)
   if (e.mode == ConvEpilogue::activate) {
-    with_activation(e.act, [&]<class Op>(Op) {
-      for (index_t c = 0; c < cout; ++c)
-        for (index_t p = 0; p < np; ++p) {
-          const offset_t k = base + offset_t(c) * stride + p * W;
-          simd::store(e.out_h + k, Op::f(simd::load<V>(e.out + k)));
-        }
+    T* const out_h = e.out_h + base;
+    const T* const out = e.out + base;
+    with_activation(e.act, [=]<class Op>(Op) {
+      T* const dst = out_h;
+      const T* const src = out;
+      const index_t nc = cout, npk = np;
+      const offset_t rows = stride;
+      for (index_t c = 0; c < nc; ++c) {
+        const offset_t row = offset_t(c) * rows;
+        for (index_t p = 0; p < npk; ++p) simd::store(dst + row + p * W, Op::f(simd::load<V>(src + row + p * W)));
+      }
     });
   } else if (e.mode == ConvEpilogue::derivative) {
-    with_activation(e.act, [&]<class Op>(Op) {
-      for (index_t c = 0; c < cout; ++c)
-        for (index_t p = 0; p < np; ++p) {
-          const offset_t k = base + offset_t(c) * stride + p * W, kt = tape + offset_t(c) * stride + p * W;
-          simd::store(e.out + k, simd::load<V>(e.out + k) * Op::df(simd::load<V>(e.z + kt), simd::load<V>(e.h + kt)));
+    T* const out = e.out + base;
+    const T* const z = e.z + tape;
+    const T* const h = e.h + tape;
+    with_activation(e.act, [=]<class Op>(Op) {
+      T* const g = out;
+      const T* const zz = z;
+      const T* const hh = h;
+      const index_t nc = cout, npk = np;
+      const offset_t rows = stride;
+      for (index_t c = 0; c < nc; ++c) {
+        const offset_t row = offset_t(c) * rows;
+        for (index_t p = 0; p < npk; ++p) {
+          const offset_t k = row + p * W;
+          simd::store(g + k, simd::load<V>(g + k) * Op::df(simd::load<V>(zz + k), simd::load<V>(hh + k)));
         }
+      }
     });
   }
 }
