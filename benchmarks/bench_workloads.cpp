@@ -47,14 +47,14 @@
 ///   transient, once per thread (detail/thread_scratch.hpp): V (1 g_cond + C g_theta + 2 c_max
 ///                                     ConvStack cotangents + 8 the transposed input of an 8 -> 8k
 ///                                     weight gradient, detail::wgrad_transposed); once per flow:
-///                                     2 V (the forward's ping-pong intermediates) and 2 V (the
-///                                     adjoint's)
+///                                     2 V (the adjoint's ping-pong cotangents; the forward's
+///                                     intermediates are the next layer's tape x, Chain::link)
 /// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
 /// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
 /// to a few hundred KB, are thread scratch too.)
 /// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 20 V per layer (path gradient; 21 V with the total
 /// gradient); on 8x8 in float 5 120 bytes per layer and sample, so W1 (16 layers, batch 128) keeps
-/// 10.5 MB, plus 4 V per sample per flow,
+/// 10.5 MB, plus 2 V per sample per flow,
 /// 27 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
 /// and again for its chunks (12 V): 0.97 MB on W1 at one thread.
 /// Spline C = 13: 31 V per layer (32 with the total gradient).
@@ -736,7 +736,7 @@ void w1_memory() {
   r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
                             "V*sizeof(T)*(1 + 1 + C + sum(H)) per layer (+1 V tape y with the total gradient), plus V*sizeof(T)*(1 + C + 2*max_c) per "
-                            "thread (for a chunk of the batch) and 4 V*sizeof(T) per flow, and the training step's "
+                            "thread (for a chunk of the batch) and 2 V*sizeof(T) per flow, and the training step's "
                             "6 per-sample fields twice (the batch's and its chunks'); affine H=(8,8), C=2, "
                             "max_c=8: 20*V*sizeof(T) per layer");
   if (peak > 0) {
@@ -878,7 +878,7 @@ void print_table() {
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
               "Activation memory per coupling and sample: 20 V sizeof(T) (affine, tanh, H = (8, 8), path gradient; "
-              "21 V with the total gradient), plus 4 V per flow, 27 V per thread and chunk sample, 12 V in the "
+              "21 V with the total gradient), plus 2 V per flow, 27 V per thread and chunk sample, 12 V in the "
               "training step's fields; W1: 5120 B per layer and sample, 10.5 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");

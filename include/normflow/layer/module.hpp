@@ -98,6 +98,10 @@ void padded_copy(std::span<const T> gl, index_t padded, Buf& buf) {
 template <class Derived>
 class MapAdjointLayer {
  public:
+  /// The tape keeps the layer's input in tape.x, and forward, reverse and forward_path skip that
+  /// copy when they are given tape.x itself as the input: Chain then writes each layer's output
+  /// straight into the next layer's tape.x (detail::input_in_tape).
+  static constexpr bool input_in_tape = true;
   template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
   void forward(std::span<const typename F::value_type> p, const F& x, F& y, std::span<typename F::value_type> log_det,
                Tape& tape, Exec exec = {}) const {
@@ -154,10 +158,10 @@ class MapAdjointLayer {
     record(tape, x, exec);
     copy(tape.y, y, exec);
   }
-  /// tape.x = x alone.
+  /// tape.x = x alone (nothing to do when x is tape.x).
   template <class F, class Tape, class Exec>
   static void record(Tape& tape, const F& x, Exec exec) {
-    copy(tape.x, x, exec);
+    if (&tape.x != &x) copy(tape.x, x, exec);
   }
   template <class F, class Exec>
   static void copy(F& to, const F& from, Exec) {
