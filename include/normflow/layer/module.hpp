@@ -98,9 +98,9 @@ void padded_copy(std::span<const T> gl, index_t padded, Buf& buf) {
 template <class Derived>
 class MapAdjointLayer {
  public:
-  /// The tape keeps the layer's input in tape.x, and forward, reverse and forward_path skip that
-  /// copy when they are given tape.x itself as the input: Chain then writes each layer's output
-  /// straight into the next layer's tape.x (detail::input_in_tape).
+  /// The tape keeps the layer's input in tape.x, and recording it is no copy when the input is
+  /// tape.x itself: Chain writes each layer's output straight into the next layer's tape.x
+  /// (Chain::link, detail::keeps_input_in_tape).
   static constexpr bool input_in_tape = true;
   template <class F, class Tape, exec::Policy Exec = exec::HostDefault>
   void forward(std::span<const typename F::value_type> p, const F& x, F& y, std::span<typename F::value_type> log_det,

@@ -170,8 +170,9 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
   // a's fields as locals, and the channel rows reached by adding the row distance in bytes: with
   // a's fields read where they are used and row i addressed as in + i stride, GCC re-read the
   // stride from a after every vector store (xsimd's stores may alias anything) and spent an add
-  // and a lea per channel row; 2 -> 8 on 8x8 x 128 float 0.64-0.71 -> 0.72-0.76 of the FMA peak,
-  // 1 -> 8 0.53-0.63 -> 0.60-0.67 (in one process, each in turn). The sums are unchanged.
+  // and a lea per channel row; on 8x8 x 128 float (fractions of the FMA peak, medians of six
+  // pairs of builds) 8 -> 8 0.798 -> 0.827, 2 -> 8 0.706 -> 0.755, 1 -> 8 0.583 -> 0.655. The sums
+  // are unchanged.
   const index_t cin = Cin > 0 ? Cin : a.cin, ntaps = a.ntaps;
   const offset_t stride = a.stride, in_site = a.in_site, volume = a.volume;
   const offset_t row_bytes = stride * offset_t(sizeof(T));
@@ -280,8 +281,9 @@ inline void conv_epilogue(const ConvOutput<T>& e, index_t cout, index_t stride, 
   constexpr index_t W = simd::pack_size<V>;
   const offset_t base = offset_t(so) * site + b0, tape = offset_t(s) * site + b0;
   // the pointers as locals, each row's start computed once (see conv_block_body: the stores may
-  // alias e, and the tanh epilogue re-read e's fields and the loop bounds for every pack)
-  // (out_h may be out itself: h = f(z) in place)
+  // alias e, and the tanh epilogue re-read e's fields and the loop bounds for every pack; copied
+  // again inside the lambda, whose captures are members of its closure). out_h may be out itself
+  // (h = f(z) in place).
   if (e.mode == ConvEpilogue::activate) {
     T* const out_h = e.out_h + base;
     const T* const out = e.out + base;
