@@ -70,6 +70,7 @@
 #include <optional>
 #include <regex>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -368,8 +369,11 @@ double fma_peak(int threads = 1) {
 ///                8->8 (64), 8->1 (32 frozen sites)
 ///   path adjoint input adjoints 2->8 (64), 8->8 (64), 8->1 (32)
 /// Each with the plain store epilogue (the activation and its derivative are element-wise work,
-/// timed in W1 but not here) and ConvStack's data layout. FLOPs: 2 c_in c_out 9 per computed
-/// site and sample (what the kernels execute).
+/// timed in W1 but not here) and ConvStack's data layout. The 1 -> 8 convolution and the 2 -> 8
+/// adjoints read only the taps into the half where their input is nonzero (the frozen half for
+/// the masked x, the active one for the cotangent of theta: ConvWorkspace::half_taps), 5 of 9 on
+/// the sites of that half and 4 on the others, as the library runs them. FLOPs: 2 c_in c_out per
+/// tap read, computed site and sample (what the kernels execute).
 void w1_conv() {
   if (!selected("W1_conv")) return;
   note("  %-50s ... ", "W1_conv");
@@ -387,23 +391,45 @@ void w1_conv() {
   AlignedBuffer<T> a(n), b(n), w(8 * 8 * K), gw(8 * 8 * K), scratch(detail::conv_param_grad_scratch<T>(8, 8, K, V, B));
   for (std::size_t i = 0; i < a.size(); ++i) a[i] = T(0.5) + T(i % 7) * T(0.01), b[i] = T(i % 5) * T(0.02);
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = T(i % 11) * T(0.01) - T(0.05);
+  AlignedBuffer<T> wh(8 * 8 * K);  // weights packed for the taps by half
   struct Call {
     index_t cin, cout, s0, s1;
     bool grad;
     bool field_in = false, field_out = false;  // Field's layout (else ConvStack's padded one)
+    index_t half = -1;  // the input is nonzero on this storage half only: taps by half (-1: all taps)
   };
   const std::vector<Call> calls = {
-      // forward: x (a Field) -> 8 -> 8 -> theta (a Field, active sites only)
-      {1, 8, 0, V, false, true}, {8, 8, 0, V, false}, {8, 2, V / 2, V, false, false, true},
-      // backward: weight gradients and input adjoints; gx (a Field) on the frozen sites only
-      {8, 2, V / 2, V, true}, {2, 8, 0, V, false}, {8, 8, 0, V, true}, {8, 8, 0, V, false},
+      // forward: x (a Field, read as zero on the active half) -> 8 -> 8 -> theta (a Field, active
+      // sites only)
+      {1, 8, 0, V, false, true, false, 0}, {8, 8, 0, V, false}, {8, 2, V / 2, V, false, false, true},
+      // backward: weight gradients and input adjoints (the first from the active half's cotangent);
+      // gx (a Field) on the frozen sites only
+      {8, 2, V / 2, V, true}, {2, 8, 0, V, false, false, false, 1}, {8, 8, 0, V, true}, {8, 8, 0, V, false},
       {1, 8, 0, V, true}, {8, 1, 0, V / 2, false, false, true},
       // path adjoint: input adjoints only
-      {2, 8, 0, V, false}, {8, 8, 0, V, false}, {8, 1, 0, V / 2, false, false, true}};
-  double flop = 0;
-  for (const Call& c : calls) flop += 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
+      {2, 8, 0, V, false, false, false, 1}, {8, 8, 0, V, false}, {8, 1, 0, V / 2, false, false, true}};
   const detail::ConvOutput<T> store{detail::ConvEpilogue::store, Activation::none, nullptr, nullptr, nullptr, nullptr};
   auto site = [](index_t c, bool field) { return field ? offset_t(c) * B : detail::conv_site_stride<T>(c, B); };
+  auto kernel_args = [&](const Call& c) {
+    detail::ConvKernelArgs<T> k{a.data(), w.data(), nullptr, taps.data(),
+                                c.cin,    c.cout,   K,       V,
+                                B,        c.s0,     c.s1,    site(c.cin, c.field_in),
+                                site(c.cout, c.field_out)};
+    net.attach_row_blocks(k);  // as the stack's own convolutions have them
+    if (c.half >= 0 && !net.attach_half_taps(k, c.half, w.data(), wh.data(), c.half == 1))
+      throw std::logic_error("W1_conv: no taps by half on 8x8");
+    return k;
+  };
+  // what the kernels execute: 2 c_in c_out per tap read, site and sample
+  auto call_flop = [&](const Call& c) {
+    if (c.grad || c.half < 0) return 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
+    const detail::ConvKernelArgs<T> k = kernel_args(c);
+    double taps_read = 0;
+    for (index_t s = c.s0; s < c.s1; ++s) taps_read += double(s < V / 2 ? k.ntaps : k.ntaps_hi);
+    return 2.0 * c.cin * c.cout * taps_read * B;
+  };
+  double flop = 0;
+  for (const Call& c : calls) flop += call_flop(c);
   auto run_one = [&](const Call& c) {
     {
       if (c.grad) {
@@ -413,11 +439,7 @@ void w1_conv() {
                                         scratch.data()};
         detail::conv_param_grad(exec::Serial{}, g);
       } else {
-        detail::ConvKernelArgs<T> k{a.data(), w.data(), nullptr, taps.data(),
-                                    c.cin,    c.cout,   K,       V,
-                                    B,        c.s0,     c.s1,    site(c.cin, c.field_in),
-                                    site(c.cout, c.field_out)};
-        net.attach_row_blocks(k);  // as the stack's own convolutions have them
+        const detail::ConvKernelArgs<T> k = kernel_args(c);
         detail::ConvOutput<T> o = store;
         o.out = b.data();
         detail::conv_forward(exec::Serial{}, k, o);
@@ -448,7 +470,7 @@ void w1_conv() {
     bool seen = false;
     for (const auto& kv : kinds) seen = seen || kv.first == name;
     if (seen) continue;
-    const double f = 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
+    const double f = call_flop(c);
     const Timing tk = time_calls([&] { run_one(c); });
     kinds.emplace_back(name, f / tk.min * 1e-9 / peak);
   }

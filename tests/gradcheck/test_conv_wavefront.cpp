@@ -271,3 +271,103 @@ TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread f
   CHECK_FALSE(chooses(Lattice<128, 128>{}, float{}, 1)); // the window (3.2 MB) leaves L2
   if (exec::max_threads() >= 2) CHECK_FALSE(chooses(Lattice<32, 32>{}, float{}, 2));
 }
+
+namespace {
+
+/// Counts the entries where a and b differ as values (a zero's sign aside: the taps by half leave
+/// out terms that are exact zeros, which can only flip the sign of a zero sum).
+template <class F>
+std::size_t value_mismatches(const F& a, const F& b) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) n += !(a.data()[i] == b.data()[i]);
+  return n;
+}
+
+/// A coupling's use of a ConvStack with the taps by half on and off, each schedule: the same
+/// outputs, input adjoints
+/// (with and without weight gradients) and weight gradients. `active` is the half the coupling
+/// transforms: the input x is read as zero there (zero_in_sites), the output is computed there
+/// (out_sites), and the input adjoint is wanted on the other half (in_sites).
+template <class Lat, class T, class Order = EvenOdd, index_t Cin = 2>
+void check_half_taps(const ConvNetConfig& cfg, index_t batch, index_t active) {
+  using Net = ConvStack<Lat, T, Order>;
+  const Net net(cfg);
+  std::vector<T> params(net.num_params());
+  net.init_params(params, 7);
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> normal;
+  constexpr index_t V = Lat::volume, H = V / 2;
+  const SiteRange act{active * H, (active + 1) * H}, frz{(1 - active) * H, (2 - active) * H};
+  Field<Lat, T, Channels<Cin>, Order> x(batch), gx_on(batch), gx_off(batch);
+  Field<Lat, T, Channels<3>, Order> y_on(batch), y_off(batch), gy(batch);
+  for (index_t s = 0; s < V; ++s)
+    for (index_t b = 0; b < batch; ++b) {
+      for (index_t c = 0; c < Cin; ++c) x(s, c, b) = T(normal(rng));
+      for (index_t c = 0; c < 3; ++c) gy(s, c, b) = T(normal(rng));
+    }
+  for (ConvSchedule schedule : {ConvSchedule::layer_by_layer, ConvSchedule::wavefront}) {
+    CAPTURE(int(schedule));
+    typename Net::Workspace on, off;
+    on.schedule = off.schedule = schedule;
+    off.half_taps = false;
+    net.forward(params, x, y_on, on, exec::Serial{}, act, act);
+    net.forward(params, x, y_off, off, exec::Serial{}, act, act);
+    CHECK(value_mismatches(y_on, y_off) == 0);
+    std::vector<T> g_on(net.num_params(), T(0.25)), g_off(net.num_params(), T(0.25));
+    net.backward(params, on, gy, gx_on, std::span<T>(g_on), exec::Serial{}, frz);
+    net.backward(params, off, gy, gx_off, std::span<T>(g_off), exec::Serial{}, frz);
+    CHECK(value_mismatches(gx_on, gx_off) == 0);
+    CHECK(g_on == g_off);
+    net.backward(params, on, gy, gx_on, std::span<T>(), exec::Serial{}, frz);
+    net.backward(params, off, gy, gx_off, std::span<T>(), exec::Serial{}, frz);
+    CHECK(value_mismatches(gx_on, gx_off) == 0);
+  }
+}
+
+/// The tap counts attach_half_taps gives the two halves for an input nonzero on half q (-1, -1:
+/// none on this lattice and order).
+template <class Lat, class Order = EvenOdd>
+std::pair<index_t, index_t> half_tap_counts(index_t kernel, index_t q) {
+  const ConvStack<Lat, float, Order> net(ConvNetConfig{.in_channels = 1, .hidden = {2}, .out_channels = 2,
+                                                       .kernel_size = kernel, .bias = false});
+  std::vector<float> w(std::size_t(2 * net.num_taps()), 1.0f), packed(w.size(), 0.0f);
+  detail::ConvKernelArgs<float> a{nullptr, nullptr, nullptr, nullptr, 1, 2, net.num_taps(), Lat::volume, 16};
+  if (!net.attach_half_taps(a, q, w.data(), packed.data(), false)) return {-1, -1};
+  return {a.ntaps, a.ntaps_hi};
+}
+
+}  // namespace
+
+TEST_CASE("ConvStack: taps by half exist exactly where the halves are a checkerboard of the taps") {
+  using P = std::pair<index_t, index_t>;
+  // 3 x 3 on even/odd storage: the nonzero half's own sites read the centre and the 4 diagonals,
+  // the other half's sites the 4 nearest neighbours
+  CHECK(half_tap_counts<Lattice<8, 8>>(3, 0) == P{5, 4});
+  CHECK(half_tap_counts<Lattice<8, 8>>(3, 1) == P{4, 5});
+  CHECK(half_tap_counts<Lattice<6, 6>>(5, 0) == P{13, 12});
+  CHECK(half_tap_counts<Lattice<4, 4, 6>>(3, 1) == P{14, 13});  // 13 taps of even |delta|_1, 14 odd
+  CHECK(half_tap_counts<Lattice<6, 6>>(1, 0) == P{1, 0});  // kernel 1: nothing reaches the other half
+  CHECK(half_tap_counts<Lattice<12>>(3, 0) == P{1, 2});
+  // no checkerboard: lexicographic halves (the top and bottom of the lattice; even/odd storage
+  // needs even extents)
+  CHECK(half_tap_counts<Lattice<8, 8>, Lexicographic>(3, 0) == P{-1, -1});
+  CHECK(half_tap_counts<Lattice<6, 5>, Lexicographic>(3, 1) == P{-1, -1});
+  CHECK(half_tap_counts<Lattice<6, 5>, Lexicographic>(1, 0) == P{1, 0});  // kernel 1: any halves
+}
+
+TEST_CASE_TEMPLATE("ConvStack: reading only the taps into the nonzero half gives the values of every tap", T, float,
+                   double) {
+  check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3), 20, 1);
+  check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3), 37, 0);
+  check_half_taps<Lattice<32, 32>, T>(config({8, 8}, 3), 16, 0);  // the wavefront's rings and tiles
+  check_half_taps<Lattice<16, 18>, T>(config({6, 5}, 3, Activation::silu), 9, 1);
+  check_half_taps<Lattice<4, 4, 6>, T>(config({4, 3}, 3), 9, 1);
+  check_half_taps<Lattice<6, 6>, T>(config({3, 4}, 5, Activation::none), 17, 0);
+  check_half_taps<Lattice<6, 6>, T>(config({4}, 1), 5, 1);
+  check_half_taps<Lattice<8, 6>, T>(config({}, 3), 4, 0);         // one convolution: first and last
+  check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3, Activation::tanh, true), 20, 1);  // bias
+  check_half_taps<Lattice<8, 6>, T, Lexicographic>(config({4, 4}, 3), 4, 0);  // none: every tap, both
+  const ConvNetConfig one{.in_channels = 1, .hidden = {8, 8}, .out_channels = 3, .kernel_size = 3, .bias = false};
+  check_half_taps<Lattice<8, 8>, T, EvenOdd, 1>(one, 20, 1);  // W1's conditioner (2 -> 3 outputs)
+  check_half_taps<Lattice<16, 16>, T, EvenOdd, 1>(one, 19, 0);
+}

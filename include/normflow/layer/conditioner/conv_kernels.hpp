@@ -83,17 +83,24 @@ NORMFLOW_ALWAYS_INLINE void for_each_out_block(index_t cout, F&& f) {
 /// spills them). flip_transpose: w holds the forward weights W[o'][i'][t] of a convolution
 /// cin -> cout read as the adjoint's W^T[i][o][t] = W[o][i][ntaps - 1 - t] (so w is then
 /// cin' = cout x cout' = cin x ntaps and this packs the input-adjoint convolution).
+/// With a tap list (n_used >= 0 entries of taps_used, each in [0, ntaps)): only those taps, in that
+/// order, as taps 0, ..., n_used - 1 of the packed layout (n_used in place of ntaps above), for
+/// a kernel that reads a tap table of n_used rows (see ConvKernelArgs::ntaps_hi).
 template <class T>
-void pack_conv_weights(const T* w, T* packed, index_t cin, index_t cout, index_t ntaps, bool flip_transpose) noexcept {
+void pack_conv_weights(const T* w, T* packed, index_t cin, index_t cout, index_t ntaps, bool flip_transpose,
+                       const index_t* taps_used = nullptr, index_t n_used = -1) noexcept {
+  const index_t n = n_used >= 0 ? n_used : ntaps;
   for_each_out_block(cout, [&](index_t o0, auto ob) {
     constexpr index_t Ob = decltype(ob)::value;
-    T* dst = packed + offset_t(o0) * cin * ntaps;
-    for (index_t t = 0; t < ntaps; ++t)
+    T* dst = packed + offset_t(o0) * cin * n;
+    for (index_t j = 0; j < n; ++j) {
+      const index_t t = n_used >= 0 ? taps_used[j] : j;
       for (index_t i = 0; i < cin; ++i)
         for (index_t o = 0; o < Ob; ++o)
-          dst[(offset_t(t) * cin + i) * Ob + o] =
+          dst[(offset_t(j) * cin + i) * Ob + o] =
               flip_transpose ? w[(offset_t(i) * cout + o0 + o) * ntaps + (ntaps - 1 - t)]
                              : w[(offset_t(o0 + o) * cin + i) * ntaps + t];
+    }
   });
 }
 
@@ -120,6 +127,12 @@ struct ConvKernelArgs {
   /// Sites of one parity per row of blocks (two lattice rows, the last extent; blocks of a parity
   /// cover its storage positions in rows of row_block_span, row_block_span / 8 blocks each).
   index_t row_block_span = 0;
+  /// Taps by storage half (ntaps_hi >= 0; a convolution whose input is zero on one half of an
+  /// even/odd lattice, see ConvHalfTaps): output sites s < volume / 2 read rows [0, ntaps) of
+  /// taps with the packed weights at weight, sites s >= volume / 2 rows [0, ntaps_hi) with those
+  /// at weight + weight_hi. -1: every site reads ntaps taps at weight.
+  index_t ntaps_hi = -1;
+  offset_t weight_hi = 0;
 };
 
 /// What happens to the convolution's result acc at (o, s, b) after it is stored to out.
@@ -158,7 +171,10 @@ inline constexpr index_t conv_chunk_packs = sizeof(V) >= 64 ? 8 : 4;
 /// out[o0, o0 + Ob) at storage position s, lanes [b0, b0 + Pb * width): Ob x Pb accumulators in
 /// registers; each weight is broadcast once per (t, i), each input pack loaded once per (t, i).
 /// Sum order of every value: bias, then t ascending, then i ascending (one output channel, Ob = 1:
-/// i ascending, then t ascending, as conv_row_blocks).
+/// i ascending, then t ascending, as conv_row_blocks). With taps by storage half
+/// (ConvKernelArgs::ntaps_hi) t runs over the half's own tap rows (ConvHalfTaps: the taps that
+/// reach the nonzero half, in ascending order), so the terms left out are exact zeros and every
+/// value is the one of the whole tap table (up to the sign of a zero).
 /// Cin > 0: the input channel count as a compile-time constant (a.cin == Cin). The i loop is then
 /// unrolled, the tap loop is the innermost loop and GCC keeps the accumulators in registers across
 /// it (with a runtime i loop it stores and reloads all Ob x Pb of them once per tap: the array is
@@ -173,8 +189,11 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
   // and a lea per channel row; on 8x8 x 128 float (fractions of the FMA peak, medians of six
   // pairs of builds) 8 -> 8 0.798 -> 0.827, 2 -> 8 0.706 -> 0.755, 1 -> 8 0.583 -> 0.655. The sums
   // are unchanged.
-  const index_t cin = Cin > 0 ? Cin : a.cin, ntaps = a.ntaps;
   const offset_t stride = a.stride, in_site = a.in_site, volume = a.volume;
+  // taps by storage half (ConvKernelArgs::ntaps_hi): the sites of the second half read their own
+  // tap rows and packed weights
+  const bool hi = a.ntaps_hi >= 0 && s >= volume / 2;
+  const index_t cin = Cin > 0 ? Cin : a.cin, ntaps = hi ? a.ntaps_hi : a.ntaps;
   const offset_t row_bytes = stride * offset_t(sizeof(T));
   const T* NORMFLOW_RESTRICT bias = a.bias;
   V acc[Ob][Pb];
@@ -186,7 +205,8 @@ NORMFLOW_ALWAYS_INLINE void conv_block_body(const ConvKernelArgs<T>& a, T* out, 
     for (index_t o = 0; o < Ob; ++o)
       for (index_t p = 0; p < Pb; ++p) acc[o][p] = V(T(0));
   }
-  const T* NORMFLOW_RESTRICT wp = a.weight + offset_t(o0) * cin * ntaps;  // this block's packed weights
+  // this block's packed weights
+  const T* NORMFLOW_RESTRICT wp = a.weight + (hi ? a.weight_hi : 0) + offset_t(o0) * cin * ntaps;
   const index_t* NORMFLOW_RESTRICT tap = a.taps + s;
   const T* NORMFLOW_RESTRICT in = a.in + b0;
   auto step = [&](const T* NORMFLOW_RESTRICT xs, const T* NORMFLOW_RESTRICT wt) {
@@ -520,7 +540,7 @@ constexpr index_t conv_lane_packs(index_t cin, index_t cout) noexcept {
 /// 3 x 3 kernel on a lattice with row blocks, the store epilogue, no ring buffer.
 template <class T>
 bool conv_row_blocks_apply(const ConvKernelArgs<T>& a, const ConvOutput<T>& e) noexcept {
-  return a.row_blocks && a.row_block_span > 0 && a.cout == 1 && a.ntaps == 9 && !a.out_pos &&
+  return a.row_blocks && a.row_block_span > 0 && a.cout == 1 && a.ntaps == 9 && a.ntaps_hi < 0 && !a.out_pos &&
          e.mode == ConvEpilogue::store;
 }
 /// Row blocks [k0, k1) of parity h (storage half), lanes [b0, b0 + np W).

@@ -38,6 +38,7 @@
 /// order, so results are bitwise independent of the thread count.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -68,6 +69,19 @@ template <LatticeShape Lat, class T = float, SiteOrder Order = default_order_t<L
 class ConvStack;
 
 namespace detail {
+/// The taps of a convolution whose input is zero outside one half of the storage range (a
+/// coupling's conditioner input, x with its active half masked, and the adjoint of its last
+/// convolution, whose cotangent lives on the active half only). With even/odd storage and even
+/// extents the halves are the two parities, and tap delta reaches the other parity exactly when
+/// sum_dir delta_dir is odd: with a 3 x 3 kernel the sites of the nonzero half read 5 of the 9
+/// taps, the other sites 4. Reading only those halves the kernel's work (ConvKernelArgs::ntaps_hi).
+struct ConvHalfTaps {
+  /// list[h]: the taps (ascending) whose neighbour of every site of half h lies in the nonzero half
+  std::array<std::vector<index_t>, 2> list;
+  index_t rows = 0;           ///< max(list[0].size(), list[1].size())
+  std::vector<index_t> taps;  ///< [rows][storage position s]: taps[list[h][j]][s] for s in half h
+};
+
 /// What a ConvStack's convolutions need of the lattice (see ConvStack::geometry).
 struct ConvGeometry {
   std::vector<index_t> taps;  ///< [t][storage position]: storage position of site + delta_t
@@ -78,6 +92,9 @@ struct ConvGeometry {
   std::vector<index_t> row_blocks;
   index_t row_block_count = 0;
   index_t row_block_span = 0;  ///< sites of one parity per row of blocks (the last extent)
+  /// half[q]: the taps of a convolution whose input is nonzero on storage half q only; empty
+  /// (rows 0, no list) where the halves are not a checkerboard of the taps (see make_half_taps).
+  std::array<ConvHalfTaps, 2> half;
   /// Sets a's row-block fields.
   template <class T>
   void attach(ConvKernelArgs<T>& a) const noexcept {
@@ -153,6 +170,13 @@ class ConvWorkspace {
   /// The order of the convolutions of forward and backward (the results do not depend on it; see
   /// ConvSchedule).
   ConvSchedule schedule = ConvSchedule::automatic;
+
+  /// Where the input of a convolution is zero outside one storage half (the first convolution's
+  /// with zero_in_sites a half, the last one's adjoint with out_sites a half), read only the taps
+  /// that reach the other half (detail::ConvHalfTaps: 4 or 5 of 9 with a 3 x 3 kernel on an
+  /// even/odd lattice). The same values either way (the terms left out are exact zeros; up to the
+  /// sign of a zero); false: every tap (for tests and benchmarks).
+  bool half_taps = true;
 
   /// Batch of the stored forward pass (-1 before the first).
   index_t batch() const noexcept { return m_batch; }
@@ -238,6 +262,33 @@ class ConvStack {
   index_t tap_neighbor(index_t t, index_t s) const noexcept {
     return m_geo->taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)];
   }
+  /// Points a, a convolution whose input is zero outside storage half q (or with flip_transpose
+  /// an input adjoint whose cotangent is), at this lattice's taps by half (detail::ConvHalfTaps,
+  /// ConvKernelArgs::ntaps_hi) and packs the weights w as pack_conv_weights(w, packed, a.cin,
+  /// a.cout, num_taps(), flip_transpose) would, for those taps only: half 0's, then half 1's
+  /// (a.cin a.cout num_taps() values at most). False where the lattice has none (nothing changed).
+  bool attach_half_taps(detail::ConvKernelArgs<T>& a, index_t q, const T* w, T* packed,
+                        bool flip_transpose) const noexcept {
+    const detail::ConvHalfTaps& ht = m_geo->half[std::size_t(q)];
+    if (ht.taps.empty()) return false;
+    const index_t n0 = index_t(ht.list[0].size()), n1 = index_t(ht.list[1].size());
+    detail::pack_conv_weights(w, packed, a.cin, a.cout, m_taps_count, flip_transpose, ht.list[0].data(), n0);
+    a.weight_hi = offset_t(a.cin) * a.cout * n0;
+    detail::pack_conv_weights(w, packed + a.weight_hi, a.cin, a.cout, m_taps_count, flip_transpose,
+                              ht.list[1].data(), n1);
+    a.weight = packed;
+    a.taps = ht.taps.data();
+    a.ntaps = n0;
+    a.ntaps_hi = n1;
+    return true;
+  }
+  /// The storage half (0 or 1) that r is exactly, or -1.
+  static index_t half_of(SiteRange r) noexcept {
+    const index_t end = r.end < 0 ? volume : r.end;
+    if (volume % 2 != 0) return -1;
+    return r.begin == 0 && end == volume / 2 ? 0 : r.begin == volume / 2 && end == volume ? 1 : -1;
+  }
+
   /// Gives kernel arguments this lattice's row blocks (detail::conv_row_blocks), as every
   /// convolution of the stack has them (for benchmarks of the kernels alone).
   void attach_row_blocks(detail::ConvKernelArgs<T>& a) const noexcept { m_geo->attach(a); }
@@ -296,6 +347,8 @@ class ConvStack {
       detail::pack_conv_weights(params.data() + weight_offset(l), packed, in_channels(l), out_channels(l),
                                 m_taps_count, false);
       detail::ConvKernelArgs<T> args = layer_args(params, packed, l, in, stride);
+      if (l == 0 && ws.half_taps && half_of(zero_in_sites) >= 0)  // x nonzero on the other half only
+        attach_half_taps(args, 1 - half_of(zero_in_sites), params.data() + weight_offset(l), packed, false);
       const bool last = l + 1 == num_layers();
       args.in_site = site_stride(in_channels(l), stride);
       if (last)
@@ -412,6 +465,8 @@ class ConvStack {
                                            site_stride(cout, stride),
                                            l == 0 ? offset_t(0) : site_stride(cin, stride)};  // gx: Field's layout
       m_geo->attach(args);
+      if (l + 1 == num_layers() && ws.half_taps && half_of(ws.m_out) >= 0)  // g nonzero on m_out only
+        attach_half_taps(args, half_of(ws.m_out), params.data() + weight_offset(l), wt, true);
       detail::ConvOutput<T> out{detail::ConvEpilogue::store, m_config.activation, nullptr, nullptr, nullptr, nullptr};
       if (l == 0) {
         out.out = gx.data();
@@ -525,6 +580,44 @@ class ConvStack {
     }
   }
 
+  /// The taps by storage half (detail::ConvHalfTaps), where every site of a half has the same taps
+  /// into each half (checked on the tap table: true for even/odd storage with even extents) and
+  /// the two halves' lists of a nonzero half q together hold at most ntaps taps; else none.
+  static void make_half_taps(detail::ConvGeometry& g, index_t ntaps) {
+    if (volume % 2 != 0 || ntaps > 64) return;
+    const index_t hv = volume / 2;
+    std::uint64_t same[2] = {0, 0};  // per half h: bit t set when tap t of its sites stays in h
+    for (index_t h = 0; h < 2; ++h)
+      for (index_t s = h * hv; s < (h + 1) * hv; ++s) {
+        std::uint64_t m = 0;
+        for (index_t t = 0; t < ntaps; ++t)
+          if (g.taps[std::size_t(t) * std::size_t(volume) + std::size_t(s)] / hv == h) m |= std::uint64_t(1) << t;
+        if (s == h * hv)
+          same[h] = m;
+        else if (m != same[h])
+          return;
+      }
+    for (index_t q = 0; q < 2; ++q) {
+      detail::ConvHalfTaps& ht = g.half[std::size_t(q)];
+      for (index_t h = 0; h < 2; ++h)
+        for (index_t t = 0; t < ntaps; ++t)
+          if (((same[h] >> t) & 1) == (h == q ? 1u : 0u)) ht.list[std::size_t(h)].push_back(t);
+      if (ht.list[0].size() + ht.list[1].size() > std::size_t(ntaps)) {
+        g.half = {};
+        return;
+      }
+      ht.rows = index_t(std::max(ht.list[0].size(), ht.list[1].size()));
+      ht.taps.assign(std::size_t(ht.rows) * std::size_t(volume), 0);
+      for (index_t s = 0; s < volume; ++s) {
+        const std::vector<index_t>& list = ht.list[std::size_t(s / hv)];
+        for (index_t j = 0; j < ht.rows; ++j)  // (rows past the list's end: unread, the site itself)
+          ht.taps[std::size_t(j) * std::size_t(volume) + std::size_t(s)] =
+              j < index_t(list.size()) ? g.taps[std::size_t(list[std::size_t(j)]) * std::size_t(volume) + std::size_t(s)]
+                                       : s;
+      }
+    }
+  }
+
   /// The tap table and wavefront plans of this lattice and site order for a kernel size (ntaps =
   /// kernel_size^rank taps) and a depth. They depend on nothing else, so every ConvStack of this
   /// type with the same two shares one immutable copy (the 16 conditioners of a flow hold one: on a
@@ -548,6 +641,7 @@ class ConvStack {
       }
     }
     make_row_blocks(*g, kernel_size);
+    make_half_taps(*g, ntaps);
     if (layers >= 2) {
       g->wave = detail::conv_wavefront_schedule(g->taps.data(), ntaps, volume, layers, wave_block);
       g->back = detail::conv_backward_plan(g->wave, g->taps.data(), ntaps, volume, layers);
@@ -587,6 +681,8 @@ class ConvStack {
       detail::ConvKernelArgs<T> args{in, packed, nullptr, j == 0 ? m_geo->taps.data() : rp.taps[std::size_t(j)].data(),
                                      cout, cin, m_taps_count, volume, stride};
       args.in_site = site_stride(cout, stride);
+      if (j == 0 && ws.half_taps && half_of(ws.m_out) >= 0)  // g nonzero on m_out only
+        attach_half_taps(args, half_of(ws.m_out), params.data() + weight_offset(l), packed, true);
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs =
             grad_args(l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
