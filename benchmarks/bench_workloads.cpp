@@ -60,8 +60,10 @@
 /// Spline C = 13: 31 V per layer (32 with the total gradient).
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -372,7 +374,8 @@ double fma_peak(int threads = 1) {
 /// timed in W1 but not here) and ConvStack's data layout. The 1 -> 8 convolution and the 2 -> 8
 /// adjoints read only the taps into the half where their input is nonzero (the frozen half for
 /// the masked x, the active one for the cotangent of theta: ConvWorkspace::half_taps), 5 of 9 on
-/// the sites of that half and 4 on the others, as the library runs them. FLOPs: 2 c_in c_out per
+/// the sites of that half and 4 on the others, as the library runs them; so does the 1 -> 8
+/// weight gradient (ConvGradArgs::tap_mask). FLOPs: 2 c_in c_out per
 /// tap read, computed site and sample (what the kernels execute).
 void w1_conv() {
   if (!selected("W1_conv")) return;
@@ -405,7 +408,7 @@ void w1_conv() {
       // backward: weight gradients and input adjoints (the first from the active half's cotangent);
       // gx (a Field) on the frozen sites only
       {8, 2, V / 2, V, true}, {2, 8, 0, V, false, false, false, 1}, {8, 8, 0, V, true}, {8, 8, 0, V, false},
-      {1, 8, 0, V, true}, {8, 1, 0, V / 2, false, false, true},
+      {1, 8, 0, V, true, false, false, 0}, {8, 1, 0, V / 2, false, false, true},
       // path adjoint: input adjoints only
       {2, 8, 0, V, false, false, false, 1}, {8, 8, 0, V, false}, {8, 1, 0, V / 2, false, false, true}};
   const detail::ConvOutput<T> store{detail::ConvEpilogue::store, Activation::none, nullptr, nullptr, nullptr, nullptr};
@@ -422,10 +425,11 @@ void w1_conv() {
   };
   // what the kernels execute: 2 c_in c_out per tap read, site and sample
   auto call_flop = [&](const Call& c) {
-    if (c.grad || c.half < 0) return 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
-    const detail::ConvKernelArgs<T> k = kernel_args(c);
+    if (c.half < 0) return 2.0 * c.cin * c.cout * K * double(c.s1 - c.s0) * B;
+    const std::uint64_t* mask = net.half_tap_mask(c.half);
+    if (!mask) throw std::logic_error("W1_conv: no taps by half on 8x8");
     double taps_read = 0;
-    for (index_t s = c.s0; s < c.s1; ++s) taps_read += double(s < V / 2 ? k.ntaps : k.ntaps_hi);
+    for (index_t s = c.s0; s < c.s1; ++s) taps_read += double(std::popcount(mask[s < V / 2 ? 0 : 1]));
     return 2.0 * c.cin * c.cout * taps_read * B;
   };
   double flop = 0;
@@ -433,10 +437,11 @@ void w1_conv() {
   auto run_one = [&](const Call& c) {
     {
       if (c.grad) {
-        const detail::ConvGradArgs<T> g{b.data(), a.data(),  taps.data(), c.cin,           c.cout,
-                                        K,        V,         B,           gw.data(),       nullptr,
-                                        c.s0,     c.s1,      site(c.cout, false), site(c.cin, c.field_in),
-                                        scratch.data()};
+        detail::ConvGradArgs<T> g{b.data(), a.data(),  taps.data(), c.cin,           c.cout,
+                                  K,        V,         B,           gw.data(),       nullptr,
+                                  c.s0,     c.s1,      site(c.cout, false), site(c.cin, c.field_in),
+                                  scratch.data()};
+        if (c.half >= 0) g.tap_mask = net.half_tap_mask(c.half);
         detail::conv_param_grad(exec::Serial{}, g);
       } else {
         const detail::ConvKernelArgs<T> k = kernel_args(c);

@@ -31,6 +31,7 @@
 /// kernels copy what they use into locals first (see conv_block_body).
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <type_traits>
@@ -848,6 +849,11 @@ struct ConvGradArgs {
   /// The position in gz of output site s: gz_pos[s], or s itself (nullptr): a ring buffer (see
   /// ConvRingPlan). Only the weight gradient reads it (bias_grad needs the whole gz: none then).
   const index_t* gz_pos = nullptr;
+  /// Taps by storage half (an input zero outside one half, see ConvHalfTaps): bit t of
+  /// tap_mask[h] set when tap t of the output sites in half h reads the nonzero half; the other
+  /// taps of those sites add exact zeros and are skipped (wgrad_unit, where a tile lies in one
+  /// half and the weight gradient is not transposed). nullptr: every tap.
+  const std::uint64_t* tap_mask = nullptr;
 };
 
 /// Sites per tile of the weight-gradient sweep (4, 8 and 16 measured alike on 8x8 and 16x16),
@@ -1039,6 +1045,10 @@ inline constexpr std::size_t wgrad_unit_partials =
 /// order): the first with zero = true (it clears out), the others adding to out: the same sums.
 /// Ob = 8: the transposed weight gradient (wgrad_transposed; i0 = 0, i1 = 8), reading the
 /// transposed input xt (wgrad_transposed_input); the pack of (o, t) at (o nt + t) W.
+/// With a.tap_mask (not transposed) a tile within one storage half sweeps only the taps of its
+/// half's mask, in tap blocks over a compact copy of their partials; the skipped terms are exact
+/// zeros, so every partial is the one of all taps (up to the sign of a zero). The 1 -> 8 weight
+/// gradient of W1's conditioner: 5 or 4 of its 9 taps per tile.
 template <class V, index_t Ob, class T>
 void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, index_t t0, index_t nt,
                 index_t s_begin, index_t s_end, T* NORMFLOW_RESTRICT out, bool zero = true) noexcept {
@@ -1052,31 +1062,63 @@ void wgrad_unit(const ConvGradArgs<T>& a, index_t o0, index_t i0, index_t i1, in
   const index_t nc = transposed ? 1 : i1 - i0, pstride = nc * nt;  // partial (o, c, t) at ((o nc + c) nt + t) W
   const T* in = transposed ? wgrad_transposed_input(a) : a.in;
   const offset_t in_site = transposed ? offset_t(8) * a.stride : a.in_site;
-  T* part = out;
-  if (zero) std::fill(part, part + Ob * pstride * W, T(0));
-  const index_t nblocks = (nt + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
+  if (zero) std::fill(out, out + Ob * pstride * W, T(0));
+  // taps by half (ConvGradArgs::tap_mask): a tile in one half sweeps only its sites' taps into the
+  // nonzero half, on a compact copy of their partials (the others would add exact zeros)
+  alignas(64) T compact[transposed ? 1 : Ob * wgrad_group_channels * wgrad_group_taps * W];
+  index_t used[wgrad_group_taps];
+  const index_t half = a.volume / 2;
   for (index_t s0 = s_begin; s0 < s_end; s0 += tile) {
     const index_t n = std::min(tile, s_end - s0);
-    for (index_t t = 0; t < nt; ++t)
-      for (index_t k = 0; k < n; ++k) off[t * tile + k] = a.taps[offset_t(t0 + t) * a.volume + s0 + k] * in_site;
+    index_t nu = nt;  // taps swept in this tile: used[0, nu), ascending
+    for (index_t t = 0; t < nt; ++t) used[t] = t;
+    const bool masked = !transposed && a.tap_mask && a.volume % 2 == 0 && (s0 >= half || s0 + n <= half);
+    if (masked) {
+      const std::uint64_t m = a.tap_mask[s0 >= half ? 1 : 0];
+      nu = 0;
+      for (index_t t = 0; t < nt; ++t)
+        if ((m >> (t0 + t)) & 1u) used[nu++] = t;
+      if (nu == 0) continue;
+    }
+    // the partials the blocks accumulate onto: out itself, or the used taps' copied to compact
+    T* part = out;
+    index_t ps = pstride;
+    if (masked && nu < nt) {
+      part = compact, ps = nc * nu;
+      for (index_t o = 0; o < Ob; ++o)
+        for (index_t c = 0; c < nc; ++c)
+          for (index_t u = 0; u < nu; ++u)
+            simd::store(part + ((offset_t(o) * nc + c) * nu + u) * W,
+                        simd::load<V>(out + ((offset_t(o) * nc + c) * nt + used[u]) * W));
+    }
+    for (index_t u = 0; u < nu; ++u)
+      for (index_t k = 0; k < n; ++k)
+        off[u * tile + k] = a.taps[offset_t(t0 + used[u]) * a.volume + s0 + k] * in_site;
     for (index_t k = 0; k < n; ++k) goff[k] = offset_t(a.gz_pos ? a.gz_pos[s0 + k] : s0 + k) * a.gz_site;
     const T* g = a.gz + offset_t(o0) * a.stride;
+    const index_t nblocks = (nu + Jmax - 1) / Jmax;  // balanced tap blocks: widths differ by <= 1
     for (index_t c = 0; c < nc; ++c) {
       const T* x = in + offset_t(i0 + c) * a.stride;
       for (index_t q = 0; q < nblocks; ++q) {
-        const index_t j0 = q * nt / nblocks, j1 = (q + 1) * nt / nblocks;
-        T* p = part + (offset_t(c) * nt + j0) * W;
+        const index_t j0 = q * nu / nblocks, j1 = (q + 1) * nu / nblocks;
+        T* p = part + (offset_t(c) * nu + j0) * W;
         if constexpr (transposed) {
           switch (j1 - j0) {
-            case 3: wgrad_block_t<T, 3>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
-            case 2: wgrad_block_t<T, 2>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
-            default: wgrad_block_t<T, 1>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, pstride); break;
+            case 3: wgrad_block_t<T, 3>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, ps); break;
+            case 2: wgrad_block_t<T, 2>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, ps); break;
+            default: wgrad_block_t<T, 1>(g, goff, x, off + j0 * tile, tile, n, a.stride, p, ps); break;
           }
         } else {
-          wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, goff, a.stride, x, off + j0 * tile, tile, n, a.stride, p, pstride);
+          wgrad_block_n<V, Ob, Jmax>(j1 - j0, g, goff, a.stride, x, off + j0 * tile, tile, n, a.stride, p, ps);
         }
       }
     }
+    if (part != out)  // the used taps' partials back in place
+      for (index_t o = 0; o < Ob; ++o)
+        for (index_t c = 0; c < nc; ++c)
+          for (index_t u = 0; u < nu; ++u)
+            simd::store(out + ((offset_t(o) * nc + c) * nt + used[u]) * W,
+                        simd::load<V>(part + ((offset_t(o) * nc + c) * nu + u) * W));
   }
 }
 

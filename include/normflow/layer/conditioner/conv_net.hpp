@@ -40,11 +40,12 @@
 /// Zero halves. A coupling's conditioner reads x with its active half zero (zero_in_sites), and
 /// its backward starts from a cotangent that is zero outside the active half (out_sites). With
 /// even/odd storage and even extents a tap delta joins the two halves exactly when sum_dir
-/// delta_dir is odd, so the first convolution and the last one's adjoint read only the taps that
-/// reach the nonzero half (detail::ConvHalfTaps; 5 or 4 of 9 with a 3 x 3 kernel): half the work
-/// of those two kernels, the same values (the terms left out are exact zeros). Measured with the
-/// switch (ConvWorkspace::half_taps) flipped every round in one process: the W1 step 8x8 -4%,
-/// 16x16 -3.4%, 32x32 -2%; the spline flow of W2 -11%, W3 sampling -3%.
+/// delta_dir is odd, so the first convolution, its weight gradient and the last one's adjoint
+/// read only the taps that reach the nonzero half (detail::ConvHalfTaps; 5 or 4 of 9 with a 3 x 3
+/// kernel): half the work of those three kernels, the same values (the terms left out are exact
+/// zeros). Measured with the switch (ConvWorkspace::half_taps) flipped every round in one
+/// process: the W1 step 8x8 -5 to -6%, 16x16 -3 to -5%, 32x32 -2 to -5%; the spline flow of W2
+/// -11%, W3 sampling -3%.
 
 #include <algorithm>
 #include <array>
@@ -87,6 +88,7 @@ namespace detail {
 struct ConvHalfTaps {
   /// list[h]: the taps (ascending) whose neighbour of every site of half h lies in the nonzero half
   std::array<std::vector<index_t>, 2> list;
+  std::array<std::uint64_t, 2> mask{};  ///< mask[h]: bit t set for the taps of list[h]
   index_t rows = 0;           ///< max(list[0].size(), list[1].size())
   std::vector<index_t> taps;  ///< [rows][storage position s]: taps[list[h][j]][s] for s in half h
 };
@@ -181,8 +183,8 @@ class ConvWorkspace {
   ConvSchedule schedule = ConvSchedule::automatic;
 
   /// Where the input of a convolution is zero outside one storage half (the first convolution's
-  /// with zero_in_sites a half, the last one's adjoint with out_sites a half), read only the taps
-  /// that reach the other half (detail::ConvHalfTaps: 4 or 5 of 9 with a 3 x 3 kernel on an
+  /// and its weight gradient's with zero_in_sites a half, the last one's adjoint with out_sites a
+  /// half), read only the taps that reach the other half (detail::ConvHalfTaps: 4 or 5 of 9 with a 3 x 3 kernel on an
   /// even/odd lattice). The same values either way (the terms left out are exact zeros; up to the
   /// sign of a zero); false: every tap (for tests and benchmarks).
   bool half_taps = true;
@@ -208,6 +210,7 @@ class ConvWorkspace {
   std::vector<detail::ConvOutput<T>> m_outs;      // each convolution's output (wavefront passes)
   std::vector<detail::ConvGradArgs<T>> m_gargs;   // each weight gradient (wavefront backward)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
+  index_t m_zero_half = -1;         // the storage half of m_x read as zero in it (-1: none, or no taps by half)
 };
 
 /// A stack of periodic convolutions (see the file comment for the maths and the layouts).
@@ -291,6 +294,13 @@ class ConvStack {
     a.ntaps_hi = n1;
     return true;
   }
+  /// The tap masks of a weight gradient whose input is zero outside storage half q
+  /// (detail::ConvGradArgs::tap_mask: two masks, one per half of the output sites), or nullptr
+  /// where the lattice has no taps by half.
+  const std::uint64_t* half_tap_mask(index_t q) const noexcept {
+    const detail::ConvHalfTaps& ht = m_geo->half[std::size_t(q)];
+    return ht.taps.empty() ? nullptr : ht.mask.data();
+  }
   /// The storage half (0 or 1) that r is exactly, or -1.
   static index_t half_of(SiteRange r) noexcept {
     const index_t end = r.end < 0 ? volume : r.end;
@@ -356,8 +366,12 @@ class ConvStack {
       detail::pack_conv_weights(params.data() + weight_offset(l), packed, in_channels(l), out_channels(l),
                                 m_taps_count, false);
       detail::ConvKernelArgs<T> args = layer_args(params, packed, l, in, stride);
-      if (l == 0 && ws.half_taps && half_of(zero_in_sites) >= 0)  // x nonzero on the other half only
-        attach_half_taps(args, 1 - half_of(zero_in_sites), params.data() + weight_offset(l), packed, false);
+      if (l == 0) {
+        ws.m_zero_half = -1;
+        if (ws.half_taps && half_of(zero_in_sites) >= 0 &&  // x nonzero on the other half only
+            attach_half_taps(args, 1 - half_of(zero_in_sites), params.data() + weight_offset(l), packed, false))
+          ws.m_zero_half = half_of(zero_in_sites);
+      }
       const bool last = l + 1 == num_layers();
       args.in_site = site_stride(in_channels(l), stride);
       if (last)
@@ -451,7 +465,7 @@ class ConvStack {
       const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
       std::optional<detail::ConvGradArgs<T>> wgrad;  // this layer's weight gradient, if formed
       if (!grads.empty()) {
-        detail::ConvGradArgs<T> gargs = grad_args(l, g, in, grads, stride, wscratch, m_config.bias);
+        detail::ConvGradArgs<T> gargs = grad_args(ws, l, g, in, grads, stride, wscratch, m_config.bias);
         if (l + 1 == num_layers()) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         wgrad = gargs;
       }
@@ -610,7 +624,10 @@ class ConvStack {
       detail::ConvHalfTaps& ht = g.half[std::size_t(q)];
       for (index_t h = 0; h < 2; ++h)
         for (index_t t = 0; t < ntaps; ++t)
-          if (((same[h] >> t) & 1) == (h == q ? 1u : 0u)) ht.list[std::size_t(h)].push_back(t);
+          if (((same[h] >> t) & 1) == (h == q ? 1u : 0u)) {
+            ht.list[std::size_t(h)].push_back(t);
+            ht.mask[std::size_t(h)] |= std::uint64_t(1) << t;
+          }
       if (ht.list[0].size() + ht.list[1].size() > std::size_t(ntaps)) {
         g.half = {};
         return;
@@ -694,7 +711,7 @@ class ConvStack {
         attach_half_taps(args, half_of(ws.m_out), params.data() + weight_offset(l), packed, true);
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs =
-            grad_args(l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
+            grad_args(ws, l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
         gargs.gz_pos = in_pos;
         if (j == 0) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume, stride);
@@ -800,10 +817,10 @@ class ConvStack {
   /// The weight gradient (and with_bias the bias gradient) of convolution l into grads, from the
   /// cotangent gz of its output and its input `in` (ConvStack's layouts), over every site; the
   /// partial sums in scratch.
-  detail::ConvGradArgs<T> grad_args(index_t l, const T* gz, const T* in, std::span<T> grads, index_t stride,
-                                    T* scratch, bool with_bias) const {
+  detail::ConvGradArgs<T> grad_args(const Workspace& ws, index_t l, const T* gz, const T* in, std::span<T> grads,
+                                    index_t stride, T* scratch, bool with_bias) const {
     const index_t cin = in_channels(l), cout = out_channels(l);
-    return {gz,
+    detail::ConvGradArgs<T> a{gz,
             in,
             m_geo->taps.data(),
             cin,
@@ -818,6 +835,10 @@ class ConvStack {
             site_stride(cout, stride),
             site_stride(cin, stride),
             scratch};
+    // the first convolution's input is zero on ws.m_zero_half: its taps by half (the mask of the
+    // nonzero half)
+    if (l == 0 && ws.m_zero_half >= 0) a.tap_mask = half_tap_mask(1 - ws.m_zero_half);
+    return a;
   }
 
   detail::ConvKernelArgs<T> layer_args(std::span<const T> params, const T* packed, index_t l, const T* in,
