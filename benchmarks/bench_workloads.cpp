@@ -34,14 +34,18 @@
 ///   plain (total) gradient: 3 = forward 1 + backward (input gradient 1 + weight gradient 1);
 ///   path gradient:          4 = the same plus the reverse adjoint's input-gradient pass (1).
 /// (The library executes fewer: the last convolution runs on the active half of the sites only,
-/// the first input adjoint on the frozen half only; W1_conv counts what the kernels execute.)
+/// the first input adjoint on the frozen half only, the first convolution, its weight gradient and
+/// the last one's adjoint on the taps into the nonzero half only; W1_conv counts what the kernels
+/// execute.)
 /// Sampling: 1 unit per coupling and sample.
 /// W1: 16 x 4 x 1584 x 64 x 128 = 830.5 MFLOP per path step, 622.9 MFLOP per plain step.
 ///
 /// Activation memory (what one coupling keeps per sample, in scalars of sizeof(T); V sites, C the
 /// conditioner's output channels, H_j the hidden channel counts, c_max = max channel count):
-///   kept from forward to backward, per layer: V (1 tape x + 1 ConvStack copy of the input
-///                                     (masked) + C theta + sum_j H_j activations h; silu also
+///   kept from forward to backward, per layer: V (1 tape x + C theta + sum_j H_j activations h
+///                                     + 1 ConvStack copy of the input (masked) where it does not
+///                                     read the tape x in place: the first layer of a flow, or a
+///                                     batch with padding lanes; silu also
 ///                                     keeps the pre-activations z: + sum_j H_j; + 1 tape y where
 ///                                     the forward pass is not forward_path: the total gradient)
 ///   transient, once per thread (detail/thread_scratch.hpp): V (1 g_cond + C g_theta + 2 c_max
@@ -52,12 +56,13 @@
 /// (ConvStack's buffers pad each site to an odd number of cache lines: 8 channels x 128 float
 /// lanes 4096 -> 4160 bytes, 1 channel 512 -> 576; the weight gradient's partial sums, a few KB
 /// to a few hundred KB, are thread scratch too.)
-/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 20 V per layer (path gradient; 21 V with the total
-/// gradient); on 8x8 in float 5 120 bytes per layer and sample, so W1 (16 layers, batch 128) keeps
-/// 10.5 MB, plus 2 V per sample per flow,
+/// Affine, tanh, H = (8, 8), C = 2, c_max = 8: 19 V per layer (path gradient; 20 V with the total
+/// gradient), + 1 V for the first layer's copy of its input; on 8x8 in float 4 864 bytes per layer
+/// and sample, so W1 (16 layers, batch 128) keeps 10.0 MB (10.5 MB before session 16, when every
+/// conditioner copied its input), plus 2 V per sample per flow,
 /// 27 V per sample of a chunk per thread, and the training step's 6 per-sample fields for the batch
 /// and again for its chunks (12 V): 0.97 MB on W1 at one thread.
-/// Spline C = 13: 31 V per layer (32 with the total gradient).
+/// Spline C = 13: 30 V per layer (31 with the total gradient).
 
 #include <algorithm>
 #include <bit>
@@ -757,15 +762,17 @@ void w1_memory() {
   r.threads = 1;
   r.precision = "float";
   r.target = "peak RSS < 200 MB";
-  // activation bytes per coupling and sample: 20 V sizeof(float) (see the file comment)
-  const double act = 20.0 * 64 * sizeof(float);
+  // activation bytes per coupling and sample: 19 V sizeof(float), + 1 V for the first layer's copy
+  // of its input (see the file comment)
+  const double act = 19.0 * 64 * sizeof(float);
   r.extra.emplace_back("activation_bytes_per_layer_per_sample", act);
-  r.extra.emplace_back("activation_MB_total", act * 16 * 128 * 1e-6);
+  r.extra.emplace_back("activation_MB_total", (act * 16 + 64 * sizeof(float)) * 128 * 1e-6);
   r.extra_text.emplace_back("activation_formula",
-                            "V*sizeof(T)*(1 + 1 + C + sum(H)) per layer (+1 V tape y with the total gradient), plus V*sizeof(T)*(1 + C + 2*max_c) per "
-                            "thread (for a chunk of the batch) and 2 V*sizeof(T) per flow, and the training step's "
-                            "6 per-sample fields twice (the batch's and its chunks'); affine H=(8,8), C=2, "
-                            "max_c=8: 20*V*sizeof(T) per layer");
+                            "V*sizeof(T)*(1 + C + sum(H)) per layer (+1 V tape y with the total gradient; +1 V "
+                            "where the conditioner copies its input: the first layer, or padding lanes), plus "
+                            "V*sizeof(T)*(1 + C + 2*max_c) per thread (for a chunk of the batch) and 2 V*sizeof(T) "
+                            "per flow, and the training step's 6 per-sample fields twice (the batch's and its "
+                            "chunks'); affine H=(8,8), C=2, max_c=8: 19*V*sizeof(T) per layer");
   if (peak > 0) {
     r.extra.emplace_back("peak_rss_MB", double(peak) * 1024 * 1e-6);
     r.extra.emplace_back("baseline_rss_MB", double(base) * 1024 * 1e-6);
@@ -904,9 +911,10 @@ void print_table() {
   std::printf("[lin]: (time / (V B)) over the same at 8x8 x 128 (same threads, precision); "
               "[x2t]: 1-thread time / 2-thread time.\n"
               "GFLOP/s counts convolution FLOPs only (forward 1, backward 2, path adjoint 1 unit; see the source).\n"
-              "Activation memory per coupling and sample: 20 V sizeof(T) (affine, tanh, H = (8, 8), path gradient; "
-              "21 V with the total gradient), plus 2 V per flow, 27 V per thread and chunk sample, 12 V in the "
-              "training step's fields; W1: 5120 B per layer and sample, 10.5 MB in all.\n"
+              "Activation memory per coupling and sample: 19 V sizeof(T) (affine, tanh, H = (8, 8), path gradient; "
+              "20 V with the total gradient; + 1 V where the conditioner copies its input: the first layer, or "
+              "padding lanes), plus 2 V per flow, 27 V per thread and chunk sample, 12 V in the training step's "
+              "fields; W1: 4864 B per layer and sample, 10.0 MB in all.\n"
               "W4_fma_2t: the FMA kernel's total rate on 2 threads over 1 thread: the machine's own ceiling "
               "for [x2t] (the cores are shared).\n");
   if (!g_w1_conv_kinds.empty()) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "support/backends.hpp"
@@ -307,17 +308,26 @@ void check_half_taps(const ConvNetConfig& cfg, index_t batch, index_t active) {
     }
   for (ConvSchedule schedule : {ConvSchedule::layer_by_layer, ConvSchedule::wavefront}) {
     CAPTURE(int(schedule));
-    typename Net::Workspace on, off;
-    on.schedule = off.schedule = schedule;
+    typename Net::Workspace on, off, bor;
+    on.schedule = off.schedule = bor.schedule = schedule;
     off.half_taps = false;
+    bor.borrow_input = true;  // x read in place where it has no padding lanes (the same bits)
     net.forward(params, x, y_on, on, exec::Serial{}, act, act);
     net.forward(params, x, y_off, off, exec::Serial{}, act, act);
     CHECK(value_mismatches(y_on, y_off) == 0);
-    std::vector<T> g_on(net.num_params(), T(0.25)), g_off(net.num_params(), T(0.25));
+    Field<Lat, T, Channels<3>, Order> y_bor(batch);
+    net.forward(params, x, y_bor, bor, exec::Serial{}, act, act);
+    CHECK(bor.input_borrowed() == (x.batch() == x.padded_batch() && std::is_same_v<Order, EvenOdd>));
+    CHECK_FALSE(on.input_borrowed());
+    CHECK(std::memcmp(y_bor.data(), y_on.data(), y_on.size() * sizeof(T)) == 0);
+    std::vector<T> g_on(net.num_params(), T(0.25)), g_off(net.num_params(), T(0.25)), g_bor(g_on);
     net.backward(params, on, gy, gx_on, std::span<T>(g_on), exec::Serial{}, frz);
     net.backward(params, off, gy, gx_off, std::span<T>(g_off), exec::Serial{}, frz);
     CHECK(value_mismatches(gx_on, gx_off) == 0);
     CHECK(g_on == g_off);
+    net.backward(params, bor, gy, gx_off, std::span<T>(g_bor), exec::Serial{}, frz);
+    CHECK(std::memcmp(gx_off.data(), gx_on.data(), gx_on.size() * sizeof(T)) == 0);
+    CHECK(std::memcmp(g_bor.data(), g_on.data(), g_on.size() * sizeof(T)) == 0);
     net.backward(params, on, gy, gx_on, std::span<T>(), exec::Serial{}, frz);
     net.backward(params, off, gy, gx_off, std::span<T>(), exec::Serial{}, frz);
     CHECK(value_mismatches(gx_on, gx_off) == 0);
@@ -359,15 +369,18 @@ TEST_CASE_TEMPLATE("ConvStack: reading only the taps into the nonzero half gives
                    double) {
   check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3), 20, 1);
   check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3), 37, 0);
+  check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3), 32, 0);   // no padding lanes: x read in place
   check_half_taps<Lattice<32, 32>, T>(config({8, 8}, 3), 16, 0);  // the wavefront's rings and tiles
   check_half_taps<Lattice<16, 18>, T>(config({6, 5}, 3, Activation::silu), 9, 1);
   check_half_taps<Lattice<4, 4, 6>, T>(config({4, 3}, 3), 9, 1);
   check_half_taps<Lattice<6, 6>, T>(config({3, 4}, 5, Activation::none), 17, 0);
   check_half_taps<Lattice<6, 6>, T>(config({4}, 1), 5, 1);
   check_half_taps<Lattice<8, 6>, T>(config({}, 3), 4, 0);         // one convolution: first and last
+  check_half_taps<Lattice<8, 6>, T>(config({}, 3), 16, 1);
   check_half_taps<Lattice<8, 8>, T>(config({8, 8}, 3, Activation::tanh, true), 20, 1);  // bias
-  check_half_taps<Lattice<8, 6>, T, Lexicographic>(config({4, 4}, 3), 4, 0);  // none: every tap, both
+  check_half_taps<Lattice<8, 6>, T, Lexicographic>(config({4, 4}, 3), 16, 0);  // none: every tap, both
   const ConvNetConfig one{.in_channels = 1, .hidden = {8, 8}, .out_channels = 3, .kernel_size = 3, .bias = false};
   check_half_taps<Lattice<8, 8>, T, EvenOdd, 1>(one, 20, 1);  // W1's conditioner (2 -> 3 outputs)
   check_half_taps<Lattice<16, 16>, T, EvenOdd, 1>(one, 19, 0);
+  check_half_taps<Lattice<16, 16>, T, EvenOdd, 1>(one, 32, 1);
 }

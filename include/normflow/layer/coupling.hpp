@@ -191,10 +191,14 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
   index_t frozen_begin() const noexcept { return (1 - m_parity) * half; }
 
   /// tape.theta = net(`in` with the active half zeroed): the conditioner reads the active half as
-  /// zero (its own copy of the input is the masked one).
+  /// zero (its own copy of the input is the masked one). In the forward direction, where `in` is
+  /// the tape's own x (Chain writes each layer's input there: MapAdjointLayer::input_in_tape),
+  /// which stays as it is until the adjoints, the conditioner reads it in place instead of a copy
+  /// (ConvWorkspace::borrow_input).
   template <class Exec>
-  void condition(std::span<const T> p, const field_type& in, tape_type& tape, Exec exec) const {
+  void condition(std::span<const T> p, const field_type& in, tape_type& tape, Exec exec, bool forward) const {
     if (tape.theta.batch() != in.batch()) tape.theta.resize(in.batch());
+    tape.ws.borrow_input = forward && &in == &tape.x;
     // theta is read on the active block only: the last convolution computes just that block
     const SiteRange active{active_begin(), active_begin() + half};
     m_net.forward(p, in, tape.theta, tape.ws, host(exec), active, active);
@@ -205,7 +209,7 @@ class CouplingLayer<Tr, NetSpec, Field<Lat, T, Scalar, Order>>
            tape_type& tape, Exec exec) const {
     detail::require_layer_args(where, num_params(), p, in, log_det);
     if (out.batch() != in.batch()) out.resize(in.batch());
-    condition(p, in, tape, exec);
+    condition(p, in, tape, exec, !Reverse);
     const std::size_t run = std::size_t(half) * std::size_t(in.padded_batch());
     exec::parallel_copy(host(exec), in.lanes(frozen_begin()), out.lanes(frozen_begin()), run);
     const detail::CouplingMapKernel<Tr, Reverse, T, channels> k{

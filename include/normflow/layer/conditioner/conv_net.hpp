@@ -189,8 +189,18 @@ class ConvWorkspace {
   /// sign of a zero); false: every tap (for tests and benchmarks).
   bool half_taps = true;
 
+  /// forward may keep a pointer to its input x in place of a copy, where the copy adds nothing:
+  /// x has no padding lanes (batch a whole number of SIMD packs) and zero_in_sites is a half that
+  /// the first convolution and its weight gradient skip (half_taps, and two or more convolutions
+  /// or out_sites a half or everything). x must then stay alive and unchanged until the last
+  /// backward of that forward pass. Couplings set it where x is their tape's own copy of the
+  /// input: one field copy and V sizeof(T) of stored activations less per layer and sample.
+  bool borrow_input = false;
+
   /// Batch of the stored forward pass (-1 before the first).
   index_t batch() const noexcept { return m_batch; }
+  /// True when the stored forward pass read its input in place (borrow_input took effect).
+  bool input_borrowed() const noexcept { return m_batch >= 0 && m_in != nullptr && m_in != m_x.data(); }
 
  private:
   template <LatticeShape, class, SiteOrder>
@@ -200,7 +210,9 @@ class ConvWorkspace {
   index_t m_batch = -1;
   index_t m_stride = 0;
   std::vector<index_t> m_channels;  // architecture the buffers were laid out for
-  buffer m_x;                       // copy of the input, padding lanes zero
+  buffer m_x;                       // copy of the input, padding lanes zero (empty while borrowing)
+  const T* m_in = nullptr;          // the input the stored forward pass read: m_x or the borrowed x
+  offset_t m_in_site = 0;           // its distance between sites
   std::vector<buffer> m_z, m_h;     // per hidden layer: pre-activation z (see keeps_z) and h = f(z)
   std::size_t m_g_size = 0;         // backward: elements of each cotangent buffer (thread scratch)
   std::size_t m_wscratch_size = 0;  // backward: elements of conv_param_grad's partials (thread scratch)
@@ -210,7 +222,7 @@ class ConvWorkspace {
   std::vector<detail::ConvOutput<T>> m_outs;      // each convolution's output (wavefront passes)
   std::vector<detail::ConvGradArgs<T>> m_gargs;   // each weight gradient (wavefront backward)
   SiteRange m_out{};                // output sites of the last convolution in the stored forward pass
-  index_t m_zero_half = -1;         // the storage half of m_x read as zero in it (-1: none, or no taps by half)
+  index_t m_zero_half = -1;         // the storage half of the input read as zero (-1: none, or no taps by half)
 };
 
 /// A stack of periodic convolutions (see the file comment for the maths and the layouts).
@@ -355,12 +367,29 @@ class ConvStack {
     require_range(zero_in_sites, where, "zero_in_sites");
     prepare(ws, x.batch(), x.padded_batch());
     const index_t stride = ws.m_stride;
-    copy_real_lanes(exec, x.data(), offset_t(m_config.in_channels) * stride, ws.m_x.data(),
-                    site_stride(m_config.in_channels, stride), m_config.in_channels, x.batch(), stride,
-                    zero_in_sites);
+    // x itself or a copy (see ConvWorkspace::borrow_input): the copy's zeros on zero_in_sites and in
+    // the padding lanes are never read where the taps by half skip that half and there are no
+    // padding lanes; the weight gradient's tiles lie in one half when its sites are all of the
+    // lattice or a half (detail::wgrad_unit)
+    const index_t o_end = out_sites.end < 0 ? volume : out_sites.end;
+    const bool borrow = ws.borrow_input && ws.half_taps && half_of(zero_in_sites) >= 0 &&
+                        !m_geo->half[0].taps.empty() && x.batch() == x.padded_batch() &&
+                        (num_layers() >= 2 || half_of(out_sites) >= 0 || (out_sites.begin == 0 && o_end == volume));
+    if (borrow) {
+      if (ws.m_x.size() != 0) decltype(ws.m_x){}.swap(ws.m_x);  // (its memory too)
+      ws.m_in = x.data();
+      ws.m_in_site = offset_t(m_config.in_channels) * stride;  // Field's layout
+    } else {
+      ws.m_x.resize(std::size_t(volume) * std::size_t(site_stride(m_config.in_channels, stride)));
+      copy_real_lanes(exec, x.data(), offset_t(m_config.in_channels) * stride, ws.m_x.data(),
+                      site_stride(m_config.in_channels, stride), m_config.in_channels, x.batch(), stride,
+                      zero_in_sites);
+      ws.m_in = ws.m_x.data();
+      ws.m_in_site = site_stride(m_config.in_channels, stride);
+    }
     ws.m_out = out_sites;
 
-    const T* in = ws.m_x.data();
+    const T* in = ws.m_in;
     for (index_t l = 0; l < num_layers(); ++l) {
       T* packed = ws.m_wt.data() + packed_offset(l);
       detail::pack_conv_weights(params.data() + weight_offset(l), packed, in_channels(l), out_channels(l),
@@ -371,9 +400,10 @@ class ConvStack {
         if (ws.half_taps && half_of(zero_in_sites) >= 0 &&  // x nonzero on the other half only
             attach_half_taps(args, 1 - half_of(zero_in_sites), params.data() + weight_offset(l), packed, false))
           ws.m_zero_half = half_of(zero_in_sites);
+        NORMFLOW_ASSERT(!borrow || ws.m_zero_half >= 0);
       }
       const bool last = l + 1 == num_layers();
-      args.in_site = site_stride(in_channels(l), stride);
+      args.in_site = l == 0 ? ws.m_in_site : site_stride(in_channels(l), stride);
       if (last)
         args.site_begin = out_sites.begin, args.site_end = out_sites.end;  // y: Field's layout
       else
@@ -462,7 +492,7 @@ class ConvStack {
     }
     for (index_t l = num_layers() - 1; l >= 0; --l) {
       const index_t cin = in_channels(l), cout = out_channels(l);
-      const T* in = l == 0 ? ws.m_x.data() : layer_output(ws, l - 1);
+      const T* in = l == 0 ? ws.m_in : layer_output(ws, l - 1);
       std::optional<detail::ConvGradArgs<T>> wgrad;  // this layer's weight gradient, if formed
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs = grad_args(ws, l, g, in, grads, stride, wscratch, m_config.bias);
@@ -711,7 +741,7 @@ class ConvStack {
         attach_half_taps(args, half_of(ws.m_out), params.data() + weight_offset(l), packed, true);
       if (!grads.empty()) {
         detail::ConvGradArgs<T> gargs =
-            grad_args(ws, l, in, l == 0 ? ws.m_x.data() : layer_output(ws, l - 1), grads, stride, wscratch, false);
+            grad_args(ws, l, in, l == 0 ? ws.m_in : layer_output(ws, l - 1), grads, stride, wscratch, false);
         gargs.gz_pos = in_pos;
         if (j == 0) gargs.site_begin = ws.m_out.begin, gargs.site_end = ws.m_out.end;
         wscratch += detail::conv_param_grad_scratch<T>(cin, cout, m_taps_count, volume, stride);
@@ -774,7 +804,6 @@ class ConvStack {
     ws.m_batch = batch;
     ws.m_stride = stride;
     if (ws.m_channels != m_channels) ws.m_channels = m_channels;
-    ws.m_x.resize(sites(m_config.in_channels));
     const bool none = m_config.activation == Activation::none;
     ws.m_z.resize(none || keeps_z() ? hidden : 0);
     ws.m_h.resize(none ? 0 : hidden);
@@ -838,6 +867,7 @@ class ConvStack {
     // the first convolution's input is zero on ws.m_zero_half: its taps by half (the mask of the
     // nonzero half)
     if (l == 0 && ws.m_zero_half >= 0) a.tap_mask = half_tap_mask(1 - ws.m_zero_half);
+    if (l == 0) a.in_site = ws.m_in_site;  // ConvStack's copy or the borrowed x
     return a;
   }
 
