@@ -267,6 +267,8 @@ TEST_CASE("ConvStack: the automatic schedule takes the wavefront on one thread f
   CHECK_FALSE(chooses(Lattice<8, 8>{}, float{}, 1));     // 0.27 MB per activation: fits in L2
   CHECK_FALSE(chooses(Lattice<8, 8>{}, float{}, 1, 1024));  // 2.1 MB, but the layers keep half the lattice live
   CHECK(chooses(Lattice<16, 16>{}, float{}, 1));         // 1.06 MB per activation
+  CHECK(chooses(Lattice<16, 16>{}, float{}, 1, 64));     // 0.54 MB: a training step's chunk
+  CHECK_FALSE(chooses(Lattice<16, 16>{}, float{}, 1, 32));  // 0.27 MB
   CHECK(chooses(Lattice<32, 32>{}, float{}, 1));         // 4.3 MB per activation, 0.8 MB window
   CHECK(chooses(Lattice<32, 32>{}, double{}, 1));        // 1.6 MB window
   CHECK_FALSE(chooses(Lattice<128, 128>{}, float{}, 1)); // the window (3.2 MB) leaves L2

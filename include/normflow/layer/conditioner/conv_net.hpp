@@ -161,8 +161,12 @@ enum class ConvSchedule {
 };
 
 /// ConvSchedule::automatic takes the wavefront when one hidden activation (all sites, channels and
-/// lanes) is larger than this: 1 MiB (on 16x16 x 128 float an 8-channel activation is 1.04 MiB).
-inline constexpr std::size_t conv_wavefront_min_bytes = std::size_t(1) << 20;
+/// lanes) is larger than this: 512 KiB. On 16x16 an 8-channel activation of a training step's
+/// chunk (64 float or 32 double samples) is 0.54 MB; with it the one-thread step of the W1 flow
+/// took 3.0-4.5% less time in float, 2.3% in double, and 4.8% (float) and 3.9% (double) on two
+/// threads (each runs its chunks with the wavefront), switched every round in one process. (1
+/// MiB before session 16, set before the step ran in chunks.)
+inline constexpr std::size_t conv_wavefront_min_bytes = std::size_t(512) << 10;
 /// ConvSchedule::automatic takes the wavefront only when the hidden activations it keeps live
 /// (detail::WaveSchedule::lag items of each, in bytes) total at most this: 2 MiB, the L2 of the
 /// cores measured. The reference conditioner's window is 0.4 MB on 16x16 x 128 in float, 0.8 MB on
