@@ -188,9 +188,9 @@ class ConvWorkspace {
 
   /// Where the input of a convolution is zero outside one storage half (the first convolution's
   /// and its weight gradient's with zero_in_sites a half, the last one's adjoint with out_sites a
-  /// half), read only the taps that reach the other half (detail::ConvHalfTaps: 4 or 5 of 9 with a 3 x 3 kernel on an
-  /// even/odd lattice). The same values either way (the terms left out are exact zeros; up to the
-  /// sign of a zero); false: every tap (for tests and benchmarks).
+  /// half), read only the taps that reach the other half (detail::ConvHalfTaps: 4 or 5 of 9 with
+  /// a 3 x 3 kernel on an even/odd lattice). The same values either way (the terms left out are
+  /// exact zeros; up to the sign of a zero); false: every tap (for tests and benchmarks).
   bool half_taps = true;
 
   /// forward may keep a pointer to its input x in place of a copy, where the copy adds nothing:
