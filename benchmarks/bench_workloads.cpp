@@ -671,7 +671,7 @@ void w4_targets() {
     if (base && base != &r) {
       const double lin = (r.seconds_per_step / vb) / (base_seconds / (64.0 * 128));
       r.extra.emplace_back("linearity_vs_8x8_b128", lin);
-      // the same ratio round by round (the row and its reference run back to back in each round),
+      // the same ratio round by round (the row and its reference run in each round),
       // median over the rounds: a change in load between rounds cancels (reported, not judged)
       if (!r.rounds.empty() && r.rounds.size() == r.reference_rounds.size()) {
         std::vector<double> q;
