@@ -135,7 +135,8 @@ struct Result {
   std::vector<std::pair<std::string, double>> extra;  // further numbers (ratios, memory)
   std::vector<std::pair<std::string, std::string>> extra_text;
   std::vector<std::pair<std::string, bool>> extra_bool;  // per-target verdicts where a row has several
-  std::vector<double> rounds, reference_rounds;  // W4: per-round step times of the row and its 8x8 reference
+  std::vector<double> rounds;            // step rows: per-call seconds of each timing round, in order
+  std::vector<double> reference_rounds;  // W4: the same for the 8x8 reference timed in those rounds
 };
 std::vector<Result> g_results;
 
